@@ -1,0 +1,236 @@
+"""All configuration, read once from the environment, validated, and passed down as one object.
+
+Label Studio's own variable names are used where they exist (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
+MODEL_DIR, BASIC_AUTH_USER, BASIC_AUTH_PASS, WORKERS, THREADS, LOG_LEVEL, PORT). `OPTIONS` is the single
+list of every variable: the README's table and the docker `.env.example` are checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    # Server
+    Option("HOST", "0.0.0.0", "Address the HTTP server binds to."),
+    Option("PORT", "9090", "Port the HTTP server listens on."),
+    Option("WORKERS", "2", "gunicorn worker processes."),
+    Option("THREADS", "4", "Threads per gunicorn worker."),
+    Option("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Option("BASIC_AUTH_USER", None, "If set (with BASIC_AUTH_PASS), every route requires HTTP basic auth."),
+    Option("BASIC_AUTH_PASS", None, "Password for basic auth.", secret=True),
+    Option("MAX_REQUEST_BYTES", str(32 * 1024 * 1024), "Larger request bodies get 413."),
+    # Label Studio
+    Option("LABEL_STUDIO_URL", None,
+           "Where jobs reach Label Studio, e.g. http://label-studio:8080. Unset: the hostname LS sends in /setup."),
+    Option("LABEL_STUDIO_API_KEY", None,
+           "Legacy token or personal access token. Unset: the project creator's legacy token from /setup.",
+           secret=True),
+    Option("LABEL_STUDIO_ALLOW_PRIVATE_HOSTS", "false",
+           "Without LABEL_STUDIO_URL, also trust a /setup hostname on a private or loopback address."),
+    # Queue
+    Option("REDIS_URL", "redis://localhost:6379/0", "Redis for the RQ job queues."),
+    Option("QUEUE_PREFIX", "rlhf", "Prefix of the RQ queue names and Redis keys, to share one Redis."),
+    Option("JOB_TIMEOUT", "3600", "Seconds before a generation or training job is killed."),
+    Option("JOB_RETRIES", "3", "Retries (with backoff) for a job that fails, e.g. Label Studio unreachable."),
+    # Storage
+    Option("MODEL_DIR", "./rlhf-models", "Reward-model versions, generator caches and feature caches."),
+    Option("KEEP_VERSIONS", "5", "Reward-model versions kept per project (the current one is never deleted)."),
+    # Generation
+    Option("GENERATOR", "local", "local (transformers) or openai (an OpenAI-compatible server)."),
+    Option("GENERATOR_MODEL", "smollm2",
+           "smollm2 (the packaged SmolLM2-135M-Instruct), a Hugging Face id, a local folder or a .gguf file; "
+           "for GENERATOR=openai, the served model name."),
+    Option("GENERATOR_B_MODEL", None, "Optional second model: answer B comes from it (compare two checkpoints)."),
+    Option("OPENAI_BASE_URL", None, "Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."),
+    Option("OPENAI_API_KEY", None, "API key of that server.", secret=True),
+    Option("TEMPERATURE", "0.8", "Sampling temperature."),
+    Option("TOP_P", "0.95", "Nucleus sampling threshold."),
+    Option("MAX_NEW_TOKENS", "128", "Longest answer, in tokens."),
+    Option("GENERATION_SEED", None, "Seed for reproducible answers (unset: random)."),
+    Option("GENERATION_BATCH_SIZE", "8", "Prompts per generation forward pass."),
+    Option("TORCH_DTYPE", "auto", "auto (bf16 on CPUs that support it, fp16 on GPU), float32, bfloat16, float16."),
+    Option("TORCH_THREADS", None, "torch intra-op threads (unset: torch's default)."),
+    # Reward model
+    Option("REWARD_BASE_MODEL", "minilm",
+           "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder."),
+    Option("TRAIN_MODE", "fast", "fast (frozen encoder, cached features, seconds) or full (fine-tune, minutes)."),
+    Option("REWARD_MAX_LENGTH", "256", "Tokens of prompt+answer the reward model reads."),
+    Option("MIN_NEW_ANNOTATIONS", "1", "Annotation events retrain once this many new annotations exist."),
+    Option("PREANNOTATE", "trained", "never, trained (once held-out accuracy >= PREANNOTATE_MIN_ACCURACY) or always."),
+    Option("PREANNOTATE_MIN_ACCURACY", "0.6", "Held-out accuracy a version needs before its guesses are shown."),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+SECRET_NAMES = frozenset(o.name for o in OPTIONS if o.secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    workers: int
+    threads: int
+    log_level: str
+    basic_auth_user: str | None
+    basic_auth_pass: str | None = field(repr=False)
+    max_request_bytes: int
+    label_studio_url: str | None
+    label_studio_api_key: str | None = field(repr=False)
+    label_studio_allow_private_hosts: bool
+    redis_url: str = field(repr=False)  # may carry a password
+    queue_prefix: str
+    job_timeout: int
+    job_retries: int
+    model_dir: Path
+    keep_versions: int
+    generator: str
+    generator_model: str
+    generator_b_model: str | None
+    openai_base_url: str | None
+    openai_api_key: str | None = field(repr=False)
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    generation_seed: int | None
+    generation_batch_size: int
+    torch_dtype: str
+    torch_threads: int | None
+    reward_base_model: str
+    train_mode: str
+    reward_max_length: int
+    min_new_annotations: int
+    preannotate: str
+    preannotate_min_accuracy: float
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, for log redaction."""
+        values = [self.basic_auth_pass, self.label_studio_api_key, self.openai_api_key,
+                  urlparse(self.redis_url).password]
+        return [v for v in values if v]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every option; raise ConfigError naming the first bad variable."""
+    env = os.environ if env is None else env
+
+    def raw(name: str) -> str | None:
+        value = env.get(name)
+        if value is None or value.strip() == "":
+            return _BY_NAME[name].default
+        return value.strip()
+
+    def integer(name: str, minimum: int = 0) -> int:
+        value = raw(name)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def optional_int(name: str, minimum: int = 0) -> int | None:
+        return None if raw(name) is None else integer(name, minimum)
+
+    def number(name: str, low: float, high: float) -> float:
+        value = raw(name)
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if not low <= result <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {result}")
+        return result
+
+    def boolean(name: str) -> bool:
+        value = raw(name).lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def choice(name: str, allowed: tuple[str, ...]) -> str:
+        value = raw(name).lower()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def url(name: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+        value = raw(name)
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in schemes or not parsed.netloc:
+            raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value.rstrip("/")
+
+    user, password = raw("BASIC_AUTH_USER"), raw("BASIC_AUTH_PASS")
+    if bool(user) != bool(password):
+        raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+    generator = choice("GENERATOR", ("local", "openai"))
+    openai_base_url = url("OPENAI_BASE_URL")
+    if generator == "openai" and not openai_base_url:
+        raise ConfigError("GENERATOR=openai needs OPENAI_BASE_URL (e.g. http://localhost:8000/v1)")
+    log_level = raw("LOG_LEVEL").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+
+    return Settings(
+        host=raw("HOST"),
+        port=integer("PORT", 1),
+        workers=integer("WORKERS", 1),
+        threads=integer("THREADS", 1),
+        log_level=log_level,
+        basic_auth_user=user,
+        basic_auth_pass=password,
+        max_request_bytes=integer("MAX_REQUEST_BYTES", 1024),
+        label_studio_url=url("LABEL_STUDIO_URL"),
+        label_studio_api_key=raw("LABEL_STUDIO_API_KEY"),
+        label_studio_allow_private_hosts=boolean("LABEL_STUDIO_ALLOW_PRIVATE_HOSTS"),
+        redis_url=url("REDIS_URL", ("redis", "rediss", "unix")),
+        queue_prefix=raw("QUEUE_PREFIX"),
+        job_timeout=integer("JOB_TIMEOUT", 10),
+        job_retries=integer("JOB_RETRIES", 0),
+        model_dir=Path(raw("MODEL_DIR")).expanduser().resolve(),
+        keep_versions=integer("KEEP_VERSIONS", 1),
+        generator=generator,
+        generator_model=raw("GENERATOR_MODEL"),
+        generator_b_model=raw("GENERATOR_B_MODEL"),
+        openai_base_url=openai_base_url,
+        openai_api_key=raw("OPENAI_API_KEY"),
+        temperature=number("TEMPERATURE", 0.0, 5.0),
+        top_p=number("TOP_P", 0.0, 1.0),
+        max_new_tokens=integer("MAX_NEW_TOKENS", 1),
+        generation_seed=optional_int("GENERATION_SEED"),
+        generation_batch_size=integer("GENERATION_BATCH_SIZE", 1),
+        torch_dtype=choice("TORCH_DTYPE", ("auto", "float32", "bfloat16", "float16")),
+        torch_threads=optional_int("TORCH_THREADS", 1),
+        reward_base_model=raw("REWARD_BASE_MODEL"),
+        train_mode=choice("TRAIN_MODE", ("fast", "full")),
+        reward_max_length=integer("REWARD_MAX_LENGTH", 16),
+        min_new_annotations=integer("MIN_NEW_ANNOTATIONS", 1),
+        preannotate=choice("PREANNOTATE", ("never", "trained", "always")),
+        preannotate_min_accuracy=number("PREANNOTATE_MIN_ACCURACY", 0.0, 1.0),
+    )
