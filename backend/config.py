@@ -234,3 +234,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         preannotate=choice("PREANNOTATE", ("never", "trained", "always")),
         preannotate_min_accuracy=number("PREANNOTATE_MIN_ACCURACY", 0.0, 1.0),
     )
+
+
+def generation_config(settings: Settings):
+    """The generator's own settings (model/ never reads the environment)."""
+    from model.generator import GenerationConfig
+
+    return GenerationConfig(
+        backend=settings.generator, model=settings.generator_model, model_b=settings.generator_b_model,
+        base_url=settings.openai_base_url, api_key=settings.openai_api_key,
+        temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
+        seed=settings.generation_seed, batch_size=settings.generation_batch_size, dtype=settings.torch_dtype,
+        threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache")
+
+
+def train_config(settings: Settings):
+    """The reward model's training settings."""
+    from model.reward import TrainConfig
+
+    return TrainConfig(
+        base_model=settings.reward_base_model, mode=settings.train_mode, max_length=settings.reward_max_length,
+        threads=settings.torch_threads, feature_cache_dir=settings.model_dir / "feature-cache")
