@@ -1,0 +1,151 @@
+"""`rlhf-backend`: run the server and the worker, and work with data and models from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from backend.config import OPTIONS, ConfigError, Settings, load_settings
+from backend.logs import setup_logging
+from backend.queue import KINDS
+
+log = logging.getLogger("rlhf-backend")
+
+
+def serve(args, settings: Settings) -> int:
+    """gunicorn serving backend.app, configured from Settings (no gunicorn.conf.py to keep in sync)."""
+    from gunicorn.app.base import BaseApplication
+
+    from backend.app import create_app
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 120)  # Label Studio waits up to 100 s for /predict
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("accesslog", "-" if settings.log_level == "DEBUG" else None)
+
+        def load(self):
+            return create_app(settings)
+
+    Server().run()
+    return 0
+
+
+def worker(args, settings: Settings) -> int:
+    from backend.worker import run_worker
+
+    kinds = tuple(args.queues.split(",")) if args.queues else KINDS
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ConfigError(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+    run_worker(settings, kinds=kinds, burst=args.burst, fork=args.fork, sweep=not args.no_sweep)
+    return 0
+
+
+def start(args, settings: Settings) -> int:
+    """Server and one worker together; the worker is restarted if it dies (e.g. killed for memory)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        print(f"rlhf-backend: Redis is not reachable at REDIS_URL ({type(exc).__name__}). Start it "
+              "(e.g. `redis-server --daemonize yes`) or set REDIS_URL.", file=sys.stderr)
+        return 1
+    command = [sys.executable, "-m", "backend.cli"]
+    children = {"server": subprocess.Popen(command + ["serve"]), "worker": subprocess.Popen(command + ["worker"])}
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts, code = 0, 0
+    while not stopping:
+        time.sleep(0.5)
+        if children["server"].poll() is not None:
+            code = children["server"].returncode
+            log.error("the server exited (%s); stopping", code)
+            break
+        if children["worker"].poll() is not None:
+            restarts += 1
+            delay = min(60, 2 ** min(restarts, 6))
+            log.error("the worker exited (%s); restarting in %s s", children["worker"].returncode, delay)
+            time.sleep(delay)
+            children["worker"] = subprocess.Popen(command + ["worker", "--no-sweep"])
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children.values():
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return code
+
+
+def config_help() -> str:
+    return "environment variables:\n" + "\n".join(
+        f"  {o.name:<32} {o.help}" + (f" (default: {o.default})" if o.default else "") for o in OPTIONS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from backend import cli_generation, cli_reward
+
+    parser = argparse.ArgumentParser(
+        prog="rlhf-backend", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Label Studio ML backend for collecting human preferences for RLHF. It writes two candidate "
+                    "answers into every imported prompt, pre-annotates the preferred one with a reward model, "
+                    "and retrains that model as annotations arrive.",
+        epilog=config_help())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser("start", help="run the server and a worker together (the usual way to run it)",
+                            description="Run the HTTP server (gunicorn) and one RQ worker; restart the worker if "
+                                        "it dies. Needs Redis at REDIS_URL.")
+    p.set_defaults(handler=start)
+    p = commands.add_parser("serve", help="run only the HTTP server that Label Studio calls")
+    p.set_defaults(handler=serve)
+    p = commands.add_parser("worker", help="run only an RQ worker (generation and training jobs)",
+                            description="Run one RQ worker. Start several, on this machine or others sharing "
+                                        "Redis, to work in parallel.")
+    p.add_argument("--queues", help=f"comma-separated queues to work, in priority order (default: {','.join(KINDS)})")
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--fork", action="store_true",
+                   help="run each job in a forked child (isolates crashes; reloads models per job; not with CUDA)")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the start-up sweep that queues catch-up jobs for every known project")
+    p.set_defaults(handler=worker)
+    cli_generation.register(commands)
+    cli_reward.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"rlhf-backend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.secrets())
+    try:
+        return args.handler(args, settings) or 0
+    except ConfigError as exc:
+        print(f"rlhf-backend: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The RQ queues, and enqueueing that coalesces: at most one *pending* job per (kind, project).
+
+A burst of 200 annotation events becomes one pending train job; an event that arrives while that job
+runs queues exactly one more, which will see the new annotations. The pending marker is cleared by the
+job when it starts (`claim`), not when it ends, so nothing that arrives during a run is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+from backend.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+GENERATE, TRAIN, MAINTENANCE = "generate", "train", "maintenance"
+# Workers take queues in this order: a train job never waits behind a long generation backlog.
+KINDS = (TRAIN, MAINTENANCE, GENERATE)
+JOB_FUNCTIONS = {
+    GENERATE: "backend.jobs.generate_answers",
+    TRAIN: "backend.jobs.train_reward_model",
+    MAINTENANCE: "backend.jobs.ensure_webhook_auth",
+}
+RETRY_BACKOFF = (10, 30, 90, 270)  # seconds between attempts; Label Studio restarts take ~30 s
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    coalesced: bool  # True: an equivalent job was already pending and absorbs this request
+
+
+class JobQueue:
+    def __init__(self, connection: redis.Redis, prefix: str, job_timeout: int, retries: int):
+        self.redis = connection
+        self.prefix = prefix
+        self.job_timeout = job_timeout
+        self.retries = retries
+        self.metrics = Metrics(connection, prefix)
+        self.queues = {kind: Queue(f"{prefix}-{kind}", connection=connection) for kind in KINDS}
+
+    def queue_names(self, kinds=KINDS) -> list[str]:
+        return [self.queues[k].name for k in kinds]
+
+    def _pending_key(self, kind: str, project: int) -> str:
+        return f"{self.prefix}:pending:{kind}:{project}"
+
+    def enqueue(self, kind: str, project: int, **kwargs) -> Enqueued:
+        """Queue `kind` for `project` unless one is already pending. Raises redis.RedisError if Redis is down."""
+        key = self._pending_key(kind, project)
+        job_id = f"{kind}-{project}-{uuid.uuid4().hex[:12]}"
+        # The marker expires in case its job vanished (e.g. Redis lost the queue but not the key).
+        if not self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 2):
+            existing = self.redis.get(key)
+            existing_id = existing.decode() if existing else None
+            if existing_id and self._is_waiting(existing_id):
+                self.metrics.count_job(kind, "coalesced")
+                return Enqueued(existing_id, coalesced=True)
+            self.redis.set(key, job_id, ex=self.job_timeout * 2)  # stale marker: replace it
+        retry = Retry(max=self.retries, interval=list(RETRY_BACKOFF[: self.retries])) if self.retries else None
+        try:
+            self.queues[kind].enqueue_call(
+                JOB_FUNCTIONS[kind], args=(project,), kwargs=kwargs, job_id=job_id, timeout=self.job_timeout,
+                retry=retry, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                meta={"project": project, "kind": kind, **kwargs},
+                description=f"{kind} project {project}")
+        except BaseException:
+            self.redis.delete(key)
+            raise
+        self.metrics.count_job(kind, "queued")
+        log.info("queued %s for project %s (%s)", kind, project, job_id)
+        return Enqueued(job_id, coalesced=False)
+
+    def claim(self, kind: str, project: int, job_id: str) -> None:
+        """Called by a job as it starts: events from now on need a new job, which may queue behind this one."""
+        key = self._pending_key(kind, project)
+        pipe = self.redis.pipeline()
+        pipe.watch(key)
+        if pipe.get(key) == job_id.encode():
+            pipe.multi()
+            pipe.delete(key)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                pass  # a new job took the marker in between: leave it
+        pipe.reset()
+
+    def _is_waiting(self, job_id: str) -> bool:
+        job = Job.fetch_many([job_id], connection=self.redis)[0]
+        return job is not None and job.get_status(refresh=False) in ("queued", "deferred", "scheduled")
+
+    def jobs(self, limit: int = 20) -> dict:
+        """Queued, running, finished and failed jobs per queue, newest first, with their progress."""
+        out = {}
+        for kind, queue in self.queues.items():
+            groups = {
+                "queued": queue.get_job_ids()[:limit],
+                "started": StartedJobRegistry(queue=queue).get_job_ids()[:limit],
+                "finished": FinishedJobRegistry(queue=queue).get_job_ids(-limit, -1)[::-1],
+                "failed": FailedJobRegistry(queue=queue).get_job_ids(-limit, -1)[::-1],
+            }
+            out[kind] = {name: [_describe(job) for job in Job.fetch_many(ids, connection=self.redis) if job]
+                         for name, ids in groups.items()}
+        return out
+
+
+def _describe(job: Job) -> dict:
+    info = {
+        "id": job.id,
+        "status": job.get_status(refresh=False),
+        "project": job.meta.get("project"),
+        "progress": job.meta.get("progress"),
+        "message": job.meta.get("message"),
+        "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+    }
+    if info["status"] == "failed" and job.exc_info:
+        info["error"] = job.exc_info.strip().splitlines()[-1]
+    return info

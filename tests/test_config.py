@@ -1,0 +1,42 @@
+import pytest
+
+from backend.config import OPTIONS, ConfigError, load_settings
+
+
+def test_defaults_load_without_any_environment():
+    settings = load_settings({})
+    assert settings.port == 9090
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.preannotate == "trained"
+    assert not settings.auth_enabled
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PORT": "abc"}, "PORT must be an integer"),
+    ({"WORKERS": "0"}, "WORKERS must be at least 1"),
+    ({"BASIC_AUTH_USER": "u"}, "must be set together"),
+    ({"LABEL_STUDIO_URL": "label-studio:8080"}, "LABEL_STUDIO_URL must be a URL"),
+    ({"GENERATOR": "openai"}, "needs OPENAI_BASE_URL"),
+    ({"PREANNOTATE": "sometimes"}, "PREANNOTATE must be one of"),
+    ({"TOP_P": "1.5"}, "TOP_P must be between"),
+    ({"LABEL_STUDIO_ALLOW_PRIVATE_HOSTS": "maybe"}, "must be true or false"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_secrets_stay_out_of_repr():
+    settings = load_settings({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "hunter2-pass",
+                              "LABEL_STUDIO_API_KEY": "ls-key-123456", "OPENAI_API_KEY": "sk-abcdef",
+                              "REDIS_URL": "redis://:redispw99@localhost:6379/0"})
+    text = repr(settings)
+    for secret in ("hunter2-pass", "ls-key-123456", "sk-abcdef", "redispw99"):
+        assert secret not in text
+        assert secret in settings.secrets()
+
+
+def test_every_option_is_read():
+    """A variable in OPTIONS that load_settings ignores would be a lie in the README's table."""
+    fields = set(load_settings({}).__dataclass_fields__)
+    assert {o.name.lower() for o in OPTIONS} == fields
