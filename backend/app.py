@@ -31,6 +31,7 @@ TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED
                 "START_TRAINING"}
 GENERATE_EVENTS = {"TASKS_CREATED", "PROJECT_UPDATED"}
 KNOWN_EVENTS = TRAIN_EVENTS | GENERATE_EVENTS | {"TASKS_DELETED"}
+CATCH_UP_SECONDS = 60
 
 
 class BadRequest(Exception):
@@ -119,10 +120,14 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
             raise BadRequest(f"this label config cannot be used: {exc}") from None
         hostname, token = body.get("hostname"), body.get("access_token")
         try:
-            changed = registry.record_setup(project, hostname if isinstance(hostname, str) else None,
-                                            token if isinstance(token, str) else None, schema)
-            if settings.auth_enabled and changed:
+            registry.record_setup(project, hostname if isinstance(hostname, str) else None,
+                                  token if isinstance(token, str) else None, schema)
+            if settings.auth_enabled and not registry.webhook_auth_ok(project):
                 queue.enqueue(MAINTENANCE, project)
+            # Events can be lost (LS waits 1 s and never retries): an annotator at work (LS calls /setup
+            # before each prediction batch) triggers a catch-up generation pass, at most once a minute.
+            if registry.due_for_catch_up(project, CATCH_UP_SECONDS):
+                queue.enqueue(GENERATE, project)
         except redis.RedisError as exc:  # /setup gates every prediction batch: never fail it for Redis
             log.warning("could not record /setup for project %s: %s", project, exc)
         return jsonify(model_version=models.version(project))

@@ -239,8 +239,10 @@ def ensure_webhook_auth(project: int) -> dict:
         return {"status": "skipped", "reason": "basic auth is off"}
     ls = ctx.label_studio(project)
     header = basic_auth_header(ctx.settings.basic_auth_user, ctx.settings.basic_auth_pass)
-    updated = ls.add_webhook_auth(project, header)
-    return _finish(ctx, MAINTENANCE, {"status": "done", "webhooks_updated": updated})
+    found = ls.add_webhook_auth(project, header)
+    if found:
+        ctx.registry.mark_webhook_auth_ok(project)
+    return _finish(ctx, MAINTENANCE, {"status": "done", "webhooks": found})
 
 
 def sweep(ctx: WorkerContext) -> None:

@@ -43,10 +43,8 @@ class ProjectRegistry:
     def _key(self, project: int) -> str:
         return f"{self.prefix}:project:{project}"
 
-    def record_setup(self, project: int, hostname: str | None, access_token: str | None, label_config: str) -> bool:
-        """Store the setup facts; True when this project or its label config is new to us."""
+    def record_setup(self, project: int, hostname: str | None, access_token: str | None, label_config: str) -> None:
         key = self._key(project)
-        previous = self.redis.hget(key, "label_config")
         fields = {"label_config": label_config, "seen_at": str(time.time())}
         if hostname:
             fields["hostname"] = hostname
@@ -56,7 +54,17 @@ class ProjectRegistry:
         pipe.hset(key, mapping=fields)
         pipe.sadd(f"{self.prefix}:projects", project)
         pipe.execute()
-        return previous is None or previous.decode() != label_config
+
+    def due_for_catch_up(self, project: int, interval: int) -> bool:
+        """True at most once per `interval` seconds per project."""
+        return bool(self.redis.set(f"{self.prefix}:catch-up:{project}", 1, nx=True, ex=interval))
+
+    def webhook_auth_ok(self, project: int) -> bool:
+        return bool(self.redis.exists(f"{self.prefix}:webhook-auth:{project}"))
+
+    def mark_webhook_auth_ok(self, project: int, ttl: int = 3600) -> None:
+        # Expires so that a webhook re-created in Label Studio gets its header back within the hour.
+        self.redis.set(f"{self.prefix}:webhook-auth:{project}", 1, ex=ttl)
 
     def get(self, project: int) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project)).items()}
@@ -142,11 +150,13 @@ class LabelStudioClient:
 
     def add_webhook_auth(self, project: int, authorization: str) -> int:
         """Put our basic-auth header on the webhook Label Studio created for this backend (LS sends basic auth
-        on its ML calls but not on event webhooks). Returns how many webhooks were updated."""
+        on its ML calls but not on event webhooks). Returns how many such webhooks exist (0: not created yet)."""
         backend_urls = {b.url.rstrip("/") + "/webhook" for b in self.sdk.ml.list(project=project)}
-        updated = 0
+        found = 0
         for hook in self.sdk.webhooks.list(project=str(project)):
-            if hook.url.rstrip("/") in backend_urls and (hook.headers or {}).get("Authorization") != authorization:
+            if hook.url.rstrip("/") not in backend_urls:
+                continue
+            found += 1
+            if (hook.headers or {}).get("Authorization") != authorization:
                 self.sdk.webhooks.update(id=hook.id, headers={**(hook.headers or {}), "Authorization": authorization})
-                updated += 1
-        return updated
+        return found

@@ -1,0 +1,123 @@
+"""Real processes for integration and end-to-end tests: Label Studio 1.23.2 from PyPI in its own venv,
+and the backend's own `serve` and `worker` commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+LABEL_STUDIO_VERSION = "1.23.2"
+LS_VENV = Path(os.environ.get("RLHF_LS_VENV",
+                              Path.home() / ".cache" / "rlhf-backend" / f"label-studio-{LABEL_STUDIO_VERSION}"))
+LS_TOKEN = "e2e0123456789abcdef0123456789abcdef0123"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float, process: subprocess.Popen | None = None, **kwargs) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2, **kwargs).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def ensure_label_studio() -> Path:
+    """Install label-studio into a venv of its own (its pins clash with ours); reuse it when complete."""
+    binary, done = LS_VENV / "bin" / "label-studio", LS_VENV / ".installed"
+    if done.exists():
+        return binary
+    shutil.rmtree(LS_VENV, ignore_errors=True)  # an interrupted install
+    subprocess.run([sys.executable, "-m", "venv", str(LS_VENV)], check=True)
+    subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", f"label-studio=={LABEL_STUDIO_VERSION}"],
+                   check=True, timeout=900)
+    done.touch()
+    return binary
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.popen = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                      cwd=ROOT, start_new_session=True)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def start_label_studio(data_dir: Path) -> tuple[Process, str]:
+    binary = ensure_label_studio()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HOST", "PORT", "USERNAME", "PASSWORD", "USER_TOKEN") and not k.startswith("LABEL_STUDIO_")}
+    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
+               LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="",
+               LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true")
+    process = Process([str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+                       "--data-dir", str(data_dir), "--username", "e2e@example.com", "--password", "e2e-password-1",
+                       "--user-token", LS_TOKEN], env, data_dir / "label-studio.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(f"{url}/health", timeout=300, process=process.popen)
+    return process, url
+
+
+def backend_env(**settings: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in settings.items()})
+    return env
+
+
+def start_backend(env: dict, log_dir: Path, worker: bool = True) -> tuple[Process, Process | None, str]:
+    port = free_port()
+    env = dict(env, PORT=str(port), HOST="127.0.0.1")
+    server = Process([sys.executable, "-m", "backend.cli", "serve"], env, log_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    auth = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
+    wait_for(f"{url}/health", timeout=60, process=server.popen, auth=auth)
+    worker_process = Process([sys.executable, "-m", "backend.cli", "worker"], env, log_dir / "worker.log") \
+        if worker else None
+    return server, worker_process, url
+
+
+def poll(check, timeout: float, interval: float = 0.5, message: str = "condition"):
+    """Call `check` until it returns something truthy; return that."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise TimeoutError(f"{message} not reached within {timeout} s")
+        time.sleep(interval)
