@@ -40,3 +40,11 @@ def test_every_option_is_read():
     """A variable in OPTIONS that load_settings ignores would be a lie in the README's table."""
     fields = set(load_settings({}).__dataclass_fields__)
     assert {o.name.lower() for o in OPTIONS} == fields
+
+
+def test_readme_documents_every_option():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [o.name for o in OPTIONS if f"`{o.name}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
