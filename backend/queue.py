@@ -122,6 +122,8 @@ def _describe(job: Job) -> dict:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "ended_at": job.ended_at.isoformat() if job.ended_at else None,
     }
-    if info["status"] == "failed" and job.exc_info:
-        info["error"] = job.exc_info.strip().splitlines()[-1]
+    if info["status"] == "failed":
+        result = job.latest_result()
+        if result is not None and result.exc_string:
+            info["error"] = result.exc_string.strip().splitlines()[-1]
     return info

@@ -1,0 +1,140 @@
+"""Real Redis, real `rlhf-backend worker --burst` processes: failures are clear, credentials go only where
+they belong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from rq.job import Job
+
+from backend.app import create_app
+from backend.queue import GENERATE, JobQueue
+from conftest import REDIS_URL, ROOT
+from harness import backend_env, free_port
+
+CONFIGURED_KEY = "configured-ls-key-0123456789"
+SETUP_TOKEN = "token-from-setup-9876543210"
+
+
+class Recorder:
+    """A local HTTP server that records every request's path and Authorization header, answering 404."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str | None]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                recorder.requests.append((self.path, self.headers.get("Authorization")))
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"detail": "not found"}')
+
+            do_POST = do_PATCH = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+def run_worker_burst(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--burst", "--no-sweep"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def worker_env(tmp_path, **settings):
+    return backend_env(REDIS_URL=REDIS_URL, QUEUE_PREFIX="rlhf-test", MODEL_DIR=tmp_path / "models",
+                       JOB_RETRIES=0, **settings)
+
+
+def setup_project(make_settings, redis_conn, captured, hostname: str, **settings):
+    """Send Label Studio's captured /setup, pointing its hostname at `hostname`."""
+    client = create_app(make_settings(JOB_RETRIES=0, **settings), redis_conn).test_client()
+    body = dict(captured["setup"]["json"], hostname=hostname, access_token=SETUP_TOKEN)
+    assert client.post("/setup", json=body).status_code == 200
+    return client
+
+
+def only_job(redis_conn, kind=GENERATE) -> Job:
+    ids = [k.decode().split(":", 2)[2] for k in redis_conn.keys("rq:job:*")]
+    jobs = [j for j in Job.fetch_many(ids, connection=redis_conn) if j and j.id.startswith(kind)]
+    assert len(jobs) == 1, [j.id for j in jobs]
+    return jobs[0]
+
+
+def test_label_studio_down_fails_the_job_with_a_clear_reason(tmp_path, redis_conn, make_settings, captured):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    client = setup_project(make_settings, redis_conn, captured, "http://unused.example")
+    proc = run_worker_burst(worker_env(tmp_path, LABEL_STUDIO_URL=dead, LABEL_STUDIO_API_KEY=CONFIGURED_KEY))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = only_job(redis_conn)
+    assert job.get_status() == "failed"
+    assert "connect" in job.latest_result().exc_string.lower()
+    health = client.get("/health").get_json()
+    assert health["label_studio"]["ok"] is False and "generate job for project 4 failed" in health["label_studio"]["message"]
+    assert CONFIGURED_KEY not in proc.stderr and CONFIGURED_KEY not in job.latest_result().exc_string
+
+
+def test_setup_hostname_on_a_private_address_is_not_followed(tmp_path, redis_conn, make_settings, captured, recorder):
+    setup_project(make_settings, redis_conn, captured, recorder.url)
+    proc = run_worker_burst(worker_env(tmp_path, LABEL_STUDIO_API_KEY=CONFIGURED_KEY))
+    job = only_job(redis_conn)
+    assert job.get_status() == "failed" and "private or local address" in job.latest_result().exc_string
+    assert recorder.requests == []  # nothing was sent there, least of all our key
+    assert CONFIGURED_KEY not in proc.stderr
+
+
+def test_allowed_private_hostname_gets_only_its_own_token(tmp_path, redis_conn, make_settings, captured, recorder):
+    setup_project(make_settings, redis_conn, captured, recorder.url)
+    proc = run_worker_burst(worker_env(tmp_path, LABEL_STUDIO_API_KEY=CONFIGURED_KEY,
+                                       LABEL_STUDIO_ALLOW_PRIVATE_HOSTS="true"))
+    assert recorder.requests, proc.stderr[-3000:]  # the job did call the /setup host
+    for path, authorization in recorder.requests:
+        assert CONFIGURED_KEY not in (authorization or "")
+        assert SETUP_TOKEN in (authorization or "")
+
+
+def test_configured_key_goes_only_to_label_studio_url(tmp_path, redis_conn, make_settings, captured):
+    configured, other = Recorder(), Recorder()
+    try:
+        setup_project(make_settings, redis_conn, captured, other.url)
+        run_worker_burst(worker_env(tmp_path, LABEL_STUDIO_URL=configured.url, LABEL_STUDIO_API_KEY=CONFIGURED_KEY))
+        assert configured.requests and all(CONFIGURED_KEY in (a or "") for _, a in configured.requests)
+        assert other.requests == []
+    finally:
+        configured.close()
+        other.close()
+
+
+def test_failed_jobs_are_listed_with_their_error(tmp_path, redis_conn, make_settings, captured):
+    client = setup_project(make_settings, redis_conn, captured, "http://unused.example")
+    run_worker_burst(worker_env(tmp_path, LABEL_STUDIO_URL=f"http://127.0.0.1:{free_port()}",
+                                LABEL_STUDIO_API_KEY=CONFIGURED_KEY))
+    failed = client.get("/jobs").get_json()["generate"]["failed"]
+    assert len(failed) == 1 and failed[0]["project"] == 4 and failed[0]["error"]
+    assert client.get("/metrics").get_json()["jobs"]["generate"]["failed"] == 1
+
+
+def test_retries_back_off(redis_conn):
+    queue = JobQueue(redis_conn, "rlhf-test", job_timeout=60, retries=3)
+    job = Job.fetch(queue.enqueue(GENERATE, 9).job_id, connection=redis_conn)
+    assert job.retries_left == 3 and job.retry_intervals == [10, 30, 90]
