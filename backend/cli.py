@@ -17,9 +17,19 @@ from backend.queue import KINDS
 log = logging.getLogger("rlhf-backend")
 
 
+def warn_if_label_studio_unset(settings: Settings) -> None:
+    if not settings.label_studio_url:
+        log.warning("LABEL_STUDIO_URL is not set: jobs will reach Label Studio through the hostname and token it "
+                    "sends in /setup, which works only with legacy tokens enabled%s. Set LABEL_STUDIO_URL and "
+                    "LABEL_STUDIO_API_KEY to be sure.",
+                    "" if settings.label_studio_allow_private_hosts else " and a public Label Studio address")
+
+
 def serve(args, settings: Settings) -> int:
     """gunicorn serving backend.app, configured from Settings (no gunicorn.conf.py to keep in sync)."""
     from gunicorn.app.base import BaseApplication
+
+    warn_if_label_studio_unset(settings)
 
     from backend.app import create_app
 
@@ -44,6 +54,7 @@ def serve(args, settings: Settings) -> int:
 def worker(args, settings: Settings) -> int:
     from backend.worker import run_worker
 
+    warn_if_label_studio_unset(settings)
     kinds = tuple(args.queues.split(",")) if args.queues else KINDS
     unknown = set(kinds) - set(KINDS)
     if unknown:
