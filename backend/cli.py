@@ -107,6 +107,30 @@ def start(args, settings: Settings) -> int:
     return code
 
 
+def versions(args, settings: Settings) -> int:
+    """List a project's reward-model versions with their held-out metrics; optionally make one current."""
+    from model.store import VersionStore
+
+    store = VersionStore(settings.model_dir)
+    if args.activate:
+        store.activate(args.project, args.activate)  # servers pick it up on their next request
+        print(f"project {args.project}: {args.activate} is now current")
+    current = store.current(args.project)
+    names = store.versions(args.project)
+    if not names:
+        print(f"project {args.project} has no versions under {store.project_dir(args.project)}")
+        return 0
+    print(f"{'':2}{'version':<9}{'pairs':>7}{'accuracy':>10}{'95% interval':>16}{'ECE':>7}  trained")
+    for name in names:
+        m = store.metrics(args.project, name)
+        acc, ci = m.get("val_accuracy"), m.get("val_accuracy_ci") or [None, None]
+        fmt = lambda x, spec: format(x, spec) if isinstance(x, (int, float)) else "-"  # noqa: E731
+        interval = f"{fmt(ci[0], '.3f')}-{fmt(ci[1], '.3f')}" if ci[0] is not None else "-"
+        print(f"{'*' if name == current else '':2}{name:<9}{fmt(m.get('n_pairs'), 'd'):>7}{fmt(acc, '.3f'):>10}"
+              f"{interval:>16}{fmt(m.get('ece'), '.3f'):>7}  {m.get('mode', '-')}")
+    return 0
+
+
 def config_help() -> str:
     return "environment variables:\n" + "\n".join(
         f"  {o.name:<32} {o.help}" + (f" (default: {o.default})" if o.default else "") for o in OPTIONS)
@@ -138,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sweep", action="store_true",
                    help="skip the start-up sweep that queues catch-up jobs for every known project")
     p.set_defaults(handler=worker)
+    p = commands.add_parser("versions", help="list a project's reward-model versions, or roll back to one",
+                            description="List the reward-model versions of a project (* marks the current one) "
+                                        "with their held-out metrics. --activate makes another version current "
+                                        "(a rollback); running servers switch on their next request.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--activate", metavar="VERSION", help="make this version (e.g. v3) the current one")
+    p.set_defaults(handler=versions)
     cli_generation.register(commands)
     cli_reward.register(commands)
     return parser
