@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 # Key in task data where the generation job records which candidate went left, and how it was made.
 # Task data (not meta) because every export format (JSON, JSON_MIN, CSV) carries data keys.
 GENERATION_KEY = "rlhf_generation"
+
+# hh-rlhf transcripts: the prompt is everything up to (and including) the last assistant cue.
+HH_ASSISTANT = "\n\nAssistant:"
 
 
 @dataclass(frozen=True)
@@ -20,3 +28,203 @@ class TaskFields:
 
 
 DEFAULT_FIELDS = TaskFields(pairwise="comparison", prompt="prompt", left="answer1", right="answer2")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One human judgment: `chosen` was preferred over `rejected` as an answer to `prompt`.
+
+    `meta` (not part of equality) carries provenance: task_id, annotation_id, annotator, chosen_side
+    ("left"/"right"), chosen_source ("a"/"b": which generator made the chosen answer), lead_time.
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _generation(data: dict) -> dict:
+    """data[GENERATION_KEY] as a dict; CSV exports carry it as a JSON string."""
+    value = data.get(GENERATION_KEY)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _source(data: dict, side: str) -> str | None:
+    """Which candidate ("a"/"b") was shown on `side`, from the mapping the generation job recorded."""
+    gen = _generation(data)
+    if gen.get(side) in ("a", "b"):
+        return gen[side]
+    left = gen.get("left")
+    if left in ("a", "b"):
+        return left if side == "left" else {"a": "b", "b": "a"}[left]
+    return None
+
+
+def _make_pair(data: dict, selected: str, fields: TaskFields, meta: dict) -> PreferencePair | None:
+    left, right = _text(data.get(fields.left)), _text(data.get(fields.right))
+    if not left.strip() or not right.strip():
+        return None
+    chosen, rejected = (left, right) if selected == "left" else (right, left)
+    meta = {**meta, "chosen_side": selected, "chosen_source": _source(data, selected)}
+    return PreferencePair(_text(data.get(fields.prompt)), chosen, rejected, meta)
+
+
+def selected_side(result: Iterable[dict], fields: TaskFields = DEFAULT_FIELDS) -> str | None:
+    """"left"/"right" from an annotation's result list, or None.
+
+    Keys on from_name/type only: to_name is "comparison" when the editor writes the result but keeps
+    whatever an accepted prediction said (e.g. "answer1"), so it is not reliable.
+    """
+    for item in result or []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("from_name") == fields.pairwise or item.get("type") == "pairwise":
+            selected = (item.get("value") or {}).get("selected")
+            if selected in ("left", "right"):
+                return selected
+    return None
+
+
+def _user(value):
+    """completed_by is an id in exports but may be a user dict in some API responses."""
+    if isinstance(value, dict):
+        return value.get("id", value.get("email"))
+    return value
+
+
+def pairs_from_tasks(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair]:
+    """Pairs from LS JSON-export tasks (or SDK/API task dicts of the same shape).
+
+    Cancelled (skipped) and empty annotations are dropped, as are tasks with an empty answer. A task
+    labelled by several annotators gives one pair per annotator: disagreement is real signal about how
+    close the answers are, and the Bradley-Terry loss turns split votes into a probability near 0.5
+    instead of an arbitrary majority pick. The train/validation split groups pairs by task, so the
+    same comparison never lands on both sides.
+    """
+    pairs = []
+    for task in tasks:
+        data = task.get("data") or {}
+        for ann in task.get("annotations") or []:
+            if ann.get("was_cancelled"):
+                continue
+            selected = selected_side(ann.get("result"), fields)
+            if selected is None:
+                continue
+            meta = {"task_id": task.get("id"), "annotation_id": ann.get("id"),
+                    "annotator": _user(ann.get("completed_by")), "lead_time": ann.get("lead_time")}
+            pair = _make_pair(data, selected, fields, meta)
+            if pair is not None:
+                pairs.append(pair)
+    return pairs
+
+
+def _min_selection(value) -> str | None:
+    """JSON_MIN puts the Pairwise value under the control's name: [{"selected": "left"}] (CSV: as JSON)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(value, dict):
+        value = [value]
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict) and item.get("selected") in ("left", "right"):
+            return item["selected"]
+    return None
+
+
+def pairs_from_json_min(rows: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair]:
+    """Pairs from JSON_MIN export rows (one row per annotation; data keys at the top level).
+
+    Skipped annotations carry no selection and are dropped; see `pairs_from_tasks` for why every
+    annotator's row is kept.
+    """
+    pairs = []
+    for row in rows:
+        selected = _min_selection(row.get(fields.pairwise))
+        if selected is None:
+            continue
+        meta = {"task_id": row.get("id"), "annotation_id": row.get("annotation_id"),
+                "annotator": row.get("annotator"), "lead_time": row.get("lead_time")}
+        pair = _make_pair(row, selected, fields, meta)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def split_hh(chosen: str, rejected: str) -> PreferencePair:
+    """An hh-rlhf record -> pair: the prompt is the shared prefix up to and including the last
+    "\\n\\nAssistant:"; chosen/rejected are the rest, stripped. Without a shared cue the prompt is empty."""
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, n)
+    if cut < 0 or cut + len(HH_ASSISTANT) > n:
+        return PreferencePair("", chosen.strip(), rejected.strip())
+    end = cut + len(HH_ASSISTANT)
+    return PreferencePair(chosen[:end], chosen[end:].strip(), rejected[end:].strip())
+
+
+def _pairs_from_records(rows: list[dict], fields: TaskFields) -> list[PreferencePair]:
+    """Dispatch on the shape of the first record."""
+    if not rows:
+        return []
+    first = rows[0]
+    if "annotations" in first or ("data" in first and isinstance(first.get("data"), dict)):
+        return pairs_from_tasks(rows, fields)
+    if "chosen" in first and "rejected" in first:
+        pairs = []
+        for i, row in enumerate(rows):
+            chosen, rejected = _text(row.get("chosen")), _text(row.get("rejected"))
+            if "prompt" in row:
+                pair = PreferencePair(_text(row["prompt"]), chosen, rejected)
+            else:
+                pair = split_hh(chosen, rejected)
+            extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+            pairs.append(PreferencePair(pair.prompt, pair.chosen, pair.rejected, {"line": i, **extra}))
+        return pairs
+    return pairs_from_json_min(rows, fields)
+
+
+def read_pairs(path, fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair]:
+    """Read pairs from a file, detecting the format: LS JSON export, JSON_MIN, CSV export, TRL JSONL
+    {"prompt","chosen","rejected"}, or hh-rlhf JSONL {"chosen","rejected"}."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8-sig")
+    head = text.lstrip()[:1]
+    if path.suffix.lower() == ".csv" or head not in ("[", "{"):
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        return pairs_from_json_min(rows, fields)
+    if head == "[":
+        return _pairs_from_records(json.loads(text), fields)
+    try:  # a single JSON object (e.g. one task) or JSON Lines
+        records = [json.loads(text)]
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return _pairs_from_records(records, fields)
+
+
+def write_trl_jsonl(pairs: Iterable[PreferencePair], path) -> int:
+    """Write TRL's explicit-prompt preference format, one {"prompt","chosen","rejected"} per line.
+
+    Only the three string keys are written: meta values have mixed types (ids, None, floats) that
+    would trip `datasets.load_dataset("json")` schema inference.
+    """
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected},
+                               ensure_ascii=False) + "\n")
+            count += 1
+    return count

