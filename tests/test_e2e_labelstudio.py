@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REDIS_URL
+from conftest import REDIS_URL, ROOT
 from flows import full_loop
 from harness import LS_TOKEN, backend_env, start_backend, start_label_studio
 from tiny_models import tiny_causal_lm, tiny_encoder
@@ -56,3 +56,44 @@ def test_full_loop(label_studio, backend):
     assert seen["loaded_model"].config.num_labels == 1
     assert not seen["jobs"]["train"]["failed"] and not seen["jobs"]["generate"]["failed"], seen["jobs"]
     assert seen["health"]["status"] == "UP" and seen["health"]["workers"] == 1
+
+
+def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_conn):
+    """A person fills an answer while the generation job is busy generating: the job must leave that task
+    alone (it re-reads each task right before its write) and still fill the others."""
+    from label_studio_sdk import LabelStudio
+
+    from backend import jobs
+    from backend.config import generation_config, load_settings
+    from model.generator import load_generator
+
+    ls = LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
+    project = ls.projects.create(title="human edit", label_config=(ROOT / "label_config.xml").read_text())
+    ids = ls.projects.import_tasks(id=project.id, return_task_ids=True, request=[
+        {"prompt": p, "answer1": "", "answer2": ""} for p in ("First prompt", "Second prompt", "Third prompt")
+    ]).task_ids
+    settings = load_settings(dict(
+        LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL, QUEUE_PREFIX="rlhf-test",
+        MODEL_DIR=str(tmp_path / "models"), GENERATOR_MODEL=str(tiny_causal_lm(tmp_path / "lm")), MAX_NEW_TOKENS="8"))
+    context = jobs.init(settings, redis_conn)
+    real = load_generator(generation_config(settings))
+    human = {"prompt": "Second prompt", "answer1": "Written by a person.", "answer2": ""}
+
+    class EditsWhileGenerating:
+        """The real generator; while it runs, a person edits task 2 through Label Studio's API."""
+
+        def generate(self, prompts, progress=None):
+            ls.tasks.update(id=str(ids[1]), data=human)
+            return real.generate(prompts, progress)
+
+        def describe(self):
+            return real.describe()
+
+    context.__dict__["generator"] = EditsWhileGenerating()
+    outcome = jobs.generate_answers(project.id)
+
+    assert outcome["filled"] == 2 and outcome["skipped_human_edit"] == 1
+    assert ls.tasks.get(id=str(ids[1])).data == human
+    for task_id in (ids[0], ids[2]):
+        data = ls.tasks.get(id=str(task_id)).data
+        assert data["answer1"] and data["answer2"] and data["answer1"] != data["answer2"]
