@@ -293,6 +293,11 @@ def test_readme_gives_the_tested_instructions():
                  MODEL_URL, "--scale worker=", "docker/docker-compose.gpu.yml", "GENERATOR=openai",
                  "OPENAI_BASE_URL", *REQUIRED):
         assert text in section, f"README's deployment section lacks {text!r}"
+    parser = build_parser()
+    commands = re.findall(r"rlhf-backend ([^`)\n\\]+)", section)
+    assert len(commands) >= 4
+    for args in commands:
+        parser.parse_args(shlex.split(args))  # every command the section gives exists (SystemExit if not)
     assert "## Troubleshooting" in readme
     assert readme.index("## Deployment with Docker Compose") < readme.index("## Development")
 
