@@ -30,7 +30,7 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
     epochs: int | None = None         # None: 60 (fast, best epoch kept) / 2 (full)
-    learning_rate: float | None = None  # None: 3e-4 (fast) / 3e-5 (full)
+    learning_rate: float | None = None  # None: 3e-4 (fast) / 5e-5 (full)
     batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
     weight_decay: float = 0.01
     margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
@@ -45,7 +45,7 @@ class TrainConfig:
     def resolved(self, name: str):
         """A defaulted field's value for this mode."""
         defaults = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                    "full": {"epochs": 2, "learning_rate": 3e-5, "batch_size": 8}}[self.mode]
+                    "full": {"epochs": 2, "learning_rate": 5e-5, "batch_size": 8}}[self.mode]
         value = getattr(self, name)
         return defaults[name] if value is None else value
 
@@ -119,8 +119,15 @@ def _truncate_answers(tokenizer, prompts: list[str], answers: list[str], max_len
 def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int):
     """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens."""
     answers = _truncate_answers(tokenizer, prompts, answers, max_length)
-    return tokenizer(prompts, answers, truncation="only_first", max_length=max_length,
-                     padding=True, return_tensors="pt")
+    try:
+        return tokenizer(prompts, answers, truncation="only_first", max_length=max_length,
+                         padding=True, return_tensors="pt")
+    except Exception as exc:  # the Rust tokenizer raises a bare Exception
+        if "Truncation error" not in str(exc):
+            raise
+        # A re-tokenized cut answer came out a token longer than planned: cut both rather than fail.
+        return tokenizer(prompts, answers, truncation="longest_first", max_length=max_length,
+                         padding=True, return_tensors="pt")
 
 
 def _mean_pool(hidden, mask):

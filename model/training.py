@@ -242,6 +242,18 @@ def _freeze_lower_layers(model, train_layers: int | None) -> None:
         param.requires_grad = not lower
 
 
+def _length_batches(pairs: list, batch: int, rng: random.Random) -> list[list]:
+    """Batches of similar length (less padding: ~2x faster on hh-rlhf) in random order. Lengths get
+    +-25% noise so batches differ between epochs."""
+    def size(p):
+        return (len(p.prompt) + max(len(p.chosen), len(p.rejected))) * rng.uniform(0.75, 1.25)
+
+    ordered = sorted(pairs, key=size)
+    batches = [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _train_full(model, tokenizer, train, val, config, progress, out):
     import torch
 
@@ -262,11 +274,8 @@ def _train_full(model, tokenizer, train, val, config, progress, out):
 
     best, history, step = None, [], 0
     for epoch in range(1, epochs + 1):
-        order = list(train)
-        rng.shuffle(order)
         total = 0.0
-        for start in range(0, len(order), batch):
-            chunk = order[start:start + batch]
+        for chunk in _length_batches(train, batch, rng):
             enc = encode_pairs(tokenizer, [p.prompt for p in chunk] * 2,
                                [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length)
             model.train()
@@ -282,7 +291,7 @@ def _train_full(model, tokenizer, train, val, config, progress, out):
             total += loss.item() * len(chunk)
             progress(0.95 * step / steps, f"epoch {epoch}/{epochs} step {step}/{steps}")
         model.eval()
-        entry = {"epoch": epoch, "train_loss": total / len(order)}
+        entry = {"epoch": epoch, "train_loss": total / len(train)}
         if val:
             entry["val_loss"] = _margin_loss(margins(val)[0], config)
         history.append(entry)
