@@ -166,8 +166,7 @@ def register(subparsers) -> None:
                     'Label Studio\'s RLHF dataset form [{"prompt", "answer1", "answer2"}]. The answers '
                     f'are in random order; "{GENERATION_KEY}" records which model answer went left '
                     "and how the answers were made. Exit status 1 if any prompt failed (the others "
-                    "are still written).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "are still written). Options left out take their values from the environment.")
     p.add_argument("prompts", metavar="PROMPTS",
                    help='a JSON list (strings or objects with "prompt"), JSONL, or text with one prompt per line')
     p.add_argument("-o", "--output", required=True, metavar="DATASET", help="where to write the dataset JSON")
