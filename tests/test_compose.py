@@ -350,7 +350,8 @@ def test_compose_services_run_the_whole_loop(tmp_path):
             "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path),
             "--daemonize", "no"]
         redis_process = start("redis", argv, _base_env())
-        check = cl.local_argv(cl.healthcheck_argv(services["redis"])) + ["-p", str(ports["redis"])]
+        check = cl.local_argv(cl.healthcheck_argv(services["redis"]))
+        check[1:1] = ["-p", str(ports["redis"])]  # options before the command (`redis-cli -p P ping`)
         _wait_healthy("redis", check, _base_env(), 30, redis_process)
 
         # label-studio: the official image's `label-studio` (= start) with the service's environment. The
@@ -363,7 +364,7 @@ def test_compose_services_run_the_whole_loop(tmp_path):
                            ls_env)
         ls_self = {("127.0.0.1", cl.container_ports(services["label-studio"])[0]): ("127.0.0.1", ports["label-studio"])}
         check = [cl.localize(a, ls_self) for a in cl.local_argv(cl.healthcheck_argv(services["label-studio"]))]
-        _wait_healthy("label-studio", check, _base_env(), 300, ls_process)
+        _wait_healthy("label-studio", check, _base_env(), 420, ls_process)
         ls_url = f"http://127.0.0.1:{ports['label-studio']}"
 
         # backend and worker: the compose command and environment (plus the image's ENV); only addresses, the
