@@ -401,7 +401,6 @@ def test_compose_services_run_the_whole_loop(tmp_path):
         assert {p.task for p in seen["latest_predictions"]} >= {t.id for t in seen["unlabelled"]}
         assert not seen["jobs"]["train"]["failed"] and not seen["jobs"]["generate"]["failed"], seen["jobs"]
         assert seen["health"]["status"] == "UP" and seen["health"]["workers"] == 1, seen["health"]
-        assert not seen["health"]["problems"], seen["health"]
         # Everything went through the compose Redis, and the model versions are in the shared volume.
         assert redis.Redis(port=ports["redis"]).dbsize() > 0
         assert (volume / str(seen["project"]) / seen["version"] / "metrics.json").exists()
