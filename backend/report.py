@@ -29,6 +29,7 @@ REPORT_FILE = "report.html"
 SIMULATION_JSON = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "uncertainty.json"
 MAX_RELIABILITY = 4        # newest versions whose reliability diagram is shown
 MAX_DISAGREEMENTS = 30     # tasks listed by id
+WEAK_ACCURACY = 0.6        # below this full-pool accuracy a simulated label saving is not meaningful
 BLUE, GREY, RED, GREEN = "#2e86de", "#8395a7", "#e74c3c", "#27ae60"
 
 SECTIONS = [("summary", "Summary"), ("progress", "Labelled count and rate"), ("agreement", "Agreement"),
@@ -420,8 +421,20 @@ def _simulation(sim: dict | None) -> str:
     full = next((t for t in sim["targets"] if t["of_final"] == 1.0), None)
     goal = sim.get("goal_saving", 0.25)
     met = full is not None and full["saving"] is not None and full["saving"] >= goal
-    verdict = (f'<p class="verdict {"good" if met else "bad"}">Goal: the same held-out accuracy with at least '
-               f'{goal:.0%} fewer labels: <b>{"met" if met else "not met"}</b>.</p>')
+    weak = sim["random_final_accuracy"] < WEAK_ACCURACY
+    state = "inconclusive" if weak else "met" if met else "not met"
+    verdict = (f'<p class="verdict {"good" if state == "met" else "bad"}">Goal: the same held-out accuracy with at '
+               f'least {goal:.0%} fewer labels: <b>{state}</b>.')
+    if weak:
+        verdict += (f' The model reaches only {sim["random_final_accuracy"]:.1%} held-out accuracy on the whole pool, '
+                    "so the curves are nearly flat near chance and labels-to-target figures mostly measure noise"
+                    + (f' (on paper: {full["saving"]:.0%} fewer labels)' if full and full["saving"] is not None else "")
+                    + ".")
+    if "mean_difference" in sim:
+        verdict += (f' Paired by seed, uncertainty order minus random order: {sim["mean_difference"]:+.3f} accuracy on '
+                    f'average; its 95% interval is above zero at {sim["sizes_better"]} and below zero at '
+                    f'{sim["sizes_worse"]} of {sim["sizes_compared"]} intermediate sizes.')
+    verdict += "</p>"
     return (verdict + plot_simulation(sim) + _table(["target accuracy", "random order", "uncertainty order", "labels saved"], rows)
             + _note(f'Simulated on hh-rlhf harmless-base ({sim["pool"]} pairs to label, {sim["test"]} held out); the '
                     f'recorded human choice plays the annotator; retrain every {sim["step"]} labels; {sim["seeds"]} seeds; '

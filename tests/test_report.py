@@ -141,3 +141,19 @@ def test_headless_chromium_renders_the_page(synthetic, tmp_path):
                          text=True).stdout
     for sid, _ in SECTIONS:
         assert f'id="{sid}"' in dom
+
+
+def test_simulation_verdict_is_honest():
+    base = {"sizes": [50, 100, 150], "seeds": 2, "pool": 150, "test": 50, "step": 50, "goal_saving": 0.25,
+            "curves": {k: {"mean": [0.6, 0.7, 0.8], "low": [0.5] * 3, "high": [0.9] * 3} for k in ("random", "uncertainty")},
+            "mean_difference": 0.05, "sizes_better": 1, "sizes_worse": 0, "sizes_compared": 1}
+
+    def verdict(final, saving):
+        sim = {**base, "random_final_accuracy": final, "targets": [
+            {"target": final, "of_final": 1.0, "random_labels": 150, "uncertainty_labels": 100, "saving": saving}]}
+        return re.search(r'<p class="verdict[^"]*">(.*?)</p>', section(build_report([], simulation=sim), "simulation")).group(1)
+
+    assert "<b>met</b>" in verdict(0.8, 0.33)
+    assert "<b>not met</b>" in verdict(0.8, 0.1)
+    weak = verdict(0.53, 0.9)
+    assert "<b>inconclusive</b>" in weak and "on paper: 90% fewer labels" in weak and "+0.050" in weak
