@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from functools import cached_property
 
 import redis
@@ -22,6 +23,7 @@ from model.store import VersionStore
 log = logging.getLogger(__name__)
 
 FORCED = "START_TRAINING"  # the only reason that trains even with nothing new
+WEBHOOK_WAIT_SECONDS = 60  # how long the auth job waits for Label Studio to create its webhook
 
 
 class WorkerContext:
@@ -239,7 +241,10 @@ def ensure_webhook_auth(project: int) -> dict:
         return {"status": "skipped", "reason": "basic auth is off"}
     ls = ctx.label_studio(project)
     header = basic_auth_header(ctx.settings.basic_auth_user, ctx.settings.basic_auth_pass)
-    found = ls.add_webhook_auth(project, header)
+    # Label Studio calls /setup while connecting the backend and creates the webhook only afterwards.
+    deadline = time.monotonic() + WEBHOOK_WAIT_SECONDS
+    while not (found := ls.add_webhook_auth(project, header)) and time.monotonic() < deadline:
+        time.sleep(2)
     if found:
         ctx.registry.mark_webhook_auth_ok(project)
     return _finish(ctx, MAINTENANCE, {"status": "done", "webhooks": found})
