@@ -241,3 +241,35 @@ def test_versions_swap_under_concurrent_predict(tmp_path, redis_conn, versions_f
     finally:
         stop.set()
         server.stop()
+
+
+# ---------------------------------------------------------------- coalescing under concurrency
+
+def test_concurrent_events_coalesce_into_one_pending_job(redis_conn):
+    """8 server threads enqueue at the same moment (what a burst of webhooks does): still one pending job.
+    (test_app's burst test sends its events one after the other.) Ten bursts, each from a clean queue."""
+    from backend.queue import TRAIN
+
+    queue = JobQueue(redis_conn, "rlhf-test", job_timeout=3600, retries=0)
+    bursts = []
+    for burst in range(10):
+        redis_conn.flushdb()
+        barrier = threading.Barrier(8)
+        results: list = []
+
+        def events():
+            barrier.wait(10)
+            for _ in range(5):
+                results.append(queue.enqueue(TRAIN, 4, reason="ANNOTATION_CREATED"))
+
+        threads = [threading.Thread(target=events) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 40
+        queued = redis_conn.llen("rq:queue:rlhf-test-train")
+        fresh = sum(not r.coalesced for r in results)
+        bursts.append((queued, fresh, len({r.job_id for r in results})))
+    assert all(b == (1, 1, 1) for b in bursts), \
+        f"(jobs queued, answered 'queued', distinct job ids) per burst of 40 concurrent events: {bursts}"
