@@ -33,6 +33,7 @@ class TrainConfig:
     learning_rate: float | None = None  # None: 3e-4 (fast) / 5e-5 (full)
     batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
     weight_decay: float = 0.01
+    patience: int = 10                # stop after this many epochs without a better held-out loss
     margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
     center_rewards_coefficient: float | None = None  # TRL-style: + coef * mean((r_c + r_r)^2), keeps rewards ~0
     val_fraction: float = 0.15        # held-out share (grouped by comparison) for accuracy and best-epoch pick
@@ -107,8 +108,9 @@ def _truncate_answers(tokenizer, prompts: list[str], answers: list[str], max_len
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     if budget < 4:
         raise ValueError(f"max_length {max_length} is too small for a prompt/answer pair")
-    enc = tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
-    prompt_lens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    # verbose=False: these full-length counts exceed the model's limit on purpose; don't warn about it.
+    enc = tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    prompt_lens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]]
     out = []
     for answer, offsets, prompt_len in zip(answers, enc["offset_mapping"], prompt_lens):
         keep = budget - min(prompt_len, budget // 4)

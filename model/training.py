@@ -5,7 +5,7 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   computed once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier)
   trains on those features, so the saved model is the unchanged architecture and scores identically.
 * full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast.
-The best epoch by held-out loss is kept.
+The best epoch by held-out loss is kept; fast mode stops early once it stops improving.
 """
 
 from __future__ import annotations
@@ -220,6 +220,8 @@ def _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out):
         if best is None or score < best[0]:
             best = (score, epoch, copy.deepcopy(modules.state_dict()))
         progress(0.5 + 0.45 * epoch / epochs, f"epoch {epoch}/{epochs} loss {entry['train_loss']:.4f}")
+        if len(v_idx) and epoch - best[1] >= config.patience:
+            break  # held-out loss stopped improving: later epochs only overfit the head
     modules.load_state_dict(best[2])
     out["best_epoch"] = best[1]
     eval_idx = v_idx if len(v_idx) else t_idx
