@@ -177,7 +177,7 @@ def plot_progress(tl: dict) -> str:
         if pad:  # a few seconds of work: give the date axis a range it can label
             ax.set_xlim(tl["times"][0] - pad, tl["times"][-1] + pad)
         ax.grid(axis="y", alpha=0.3)
-        locator = AutoDateLocator(maxticks=6)
+        locator = AutoDateLocator(minticks=3, maxticks=8)
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     return _png(fig)
@@ -222,7 +222,7 @@ def plot_lead_times(items: list[stats.Judgement]) -> str:
     per: dict = {}
     for j in items:
         if j.lead_time is not None:
-            per.setdefault(str(j.annotator), []).append(j.lead_time)
+            per.setdefault(str(j.annotator), []).append(max(j.lead_time, 0.1))  # log axis: no zeros
     names = sorted(per)
     plt, fig, ax = _figure(7.0, 0.9 + 0.35 * len(names))
     ax.boxplot([per[n] for n in names], orientation="horizontal", showfliers=True, widths=0.5,
@@ -438,7 +438,8 @@ def _simulation(sim: dict | None) -> str:
     return (verdict + plot_simulation(sim) + _table(["target accuracy", "random order", "uncertainty order", "labels saved"], rows)
             + _note(f'Simulated on hh-rlhf harmless-base ({sim["pool"]} pairs to label, {sim["test"]} held out); the '
                     f'recorded human choice plays the annotator; retrain every {sim["step"]} labels; {sim["seeds"]} seeds; '
-                    f'run {escape(str(sim.get("date", "")))}. The labels needed are read off the mean curves.'))
+                    f'run {escape(str(sim.get("date", "")))}. Labels needed: the fewest from which the mean curve stays at or '
+                    'above the target. Details and command: BENCHMARKS.md.'))
 
 
 CSS = """
