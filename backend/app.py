@@ -11,7 +11,7 @@ import logging
 import time
 
 import redis
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, send_file
 from rq import Worker
 from werkzeug.exceptions import HTTPException
 
@@ -20,7 +20,8 @@ from backend.config import Settings
 from backend.labels import LabelConfigError, parse_label_config
 from backend.labelstudio import ProjectRegistry
 from backend.metrics import Metrics
-from backend.queue import GENERATE, MAINTENANCE, TRAIN, JobQueue
+from backend.queue import GENERATE, MAINTENANCE, REPORT, TRAIN, JobQueue
+from backend.report import report_path
 from backend.serving import ModelCache, predict
 from model.store import VersionStore
 
@@ -192,6 +193,18 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
         snapshot = metrics.snapshot()
         snapshot["versions"] = {p: store.current(p) for p in _store_projects(store)}
         return jsonify(snapshot)
+
+    @app.get("/report")
+    def report():
+        """The latest collection-quality report (rebuilt after each training, or on ?refresh=1)."""
+        project = project_id(request.args.get("project"))
+        path = report_path(settings.model_dir, project)
+        if request.args.get("refresh") or not path.is_file():
+            queue.enqueue(REPORT, project)
+        if not path.is_file():
+            return Response('<meta http-equiv="refresh" content="15"><p>Building the report for project '
+                            f'{project}; this page reloads itself.</p>', 202, mimetype="text/html")
+        return send_file(path, mimetype="text/html", max_age=0)
 
     @app.get("/jobs")
     def jobs():

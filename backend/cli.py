@@ -137,7 +137,7 @@ def config_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from backend import cli_generation, cli_reward
+    from backend import cli_generation, cli_report, cli_reward
 
     parser = argparse.ArgumentParser(
         prog="rlhf-backend", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=versions)
     cli_generation.register(commands)
     cli_reward.register(commands)
+    cli_report.register(commands)
     return parser
 
 

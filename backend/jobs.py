@@ -15,7 +15,7 @@ from backend.auth import basic_auth_header
 from backend.config import Settings, generation_config, load_settings, train_config
 from backend.labels import parse_label_config
 from backend.labelstudio import LabelStudioClient, LabelStudioUnavailable, ProjectRegistry, resolve_connection
-from backend.queue import GENERATE, MAINTENANCE, TRAIN, JobQueue
+from backend.queue import GENERATE, MAINTENANCE, REPORT, TRAIN, JobQueue
 from backend.serving import ModelCache, has_answers, pairwise_result
 from model.pairs import GENERATION_KEY, TaskFields
 from model.store import VersionStore
@@ -171,7 +171,8 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
         ls = ctx.label_studio(project)
         fields = parse_label_config(ls.label_config(project))
         _progress(0.0, "fetching annotations")
-        pairs = pairs_from_tasks(ls.export(project), fields)
+        tasks = ls.export(project)
+        pairs = pairs_from_tasks(tasks, fields)
         keys = sorted({_pair_key(p) for p in pairs})
         current = ctx.store.current(project)
         previous = set(ctx.store.metrics(project, current).get("annotation_keys", [])) if current else set()
@@ -190,6 +191,7 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
         log.info("project %s: reward model %s is current (%s pairs, held-out accuracy %s)",
                  project, pending.name, len(pairs), metrics.get("val_accuracy"))
         refreshed = _refresh_predictions(ctx, ls, project, fields)
+        _write_report(ctx, project, tasks, fields)
     except Exception as exc:
         ctx.queue.metrics.count_job(TRAIN, "failed")
         ctx.registry.record_status(False, f"train job for project {project} failed: {exc}")
@@ -232,6 +234,27 @@ def _refresh_predictions(ctx: WorkerContext, ls: LabelStudioClient, project: int
             ls.create_prediction(task["id"], item["result"], item["score"], scorer.version)
         _progress(0.9 + 0.1 * (start + len(chunk)) / len(tasks), "refreshing predictions")
     return len(tasks)
+
+
+def _write_report(ctx: WorkerContext, project: int, tasks: list[dict], fields: TaskFields) -> None:
+    """Refresh the project's report after training; a report problem never fails the training job."""
+    from backend.report import write_report
+
+    try:
+        write_report(ctx.settings, project, tasks, fields, learning_curve=ctx.settings.train_mode == "fast")
+    except Exception:
+        log.warning("project %s: could not write the report", project, exc_info=True)
+
+
+def build_report(project: int) -> dict:
+    """The collection-quality report, written to MODEL_DIR/<project>/report.html for GET /report."""
+    from backend.report import write_report
+
+    ctx = _start(REPORT, project)
+    ls = ctx.label_studio(project)
+    fields = parse_label_config(ls.label_config(project))
+    path = write_report(ctx.settings, project, ls.export(project), fields)
+    return _finish(ctx, REPORT, {"status": "done", "project": project, "path": str(path)})
 
 
 def ensure_webhook_auth(project: int) -> dict:

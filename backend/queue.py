@@ -20,13 +20,14 @@ from backend.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-GENERATE, TRAIN, MAINTENANCE = "generate", "train", "maintenance"
+GENERATE, TRAIN, MAINTENANCE, REPORT = "generate", "train", "maintenance", "report"
 # Workers take queues in this order: a train job never waits behind a long generation backlog.
-KINDS = (TRAIN, MAINTENANCE, GENERATE)
+KINDS = (TRAIN, MAINTENANCE, REPORT, GENERATE)
 JOB_FUNCTIONS = {
     GENERATE: "backend.jobs.generate_answers",
     TRAIN: "backend.jobs.train_reward_model",
     MAINTENANCE: "backend.jobs.ensure_webhook_auth",
+    REPORT: "backend.jobs.build_report",
 }
 RETRY_BACKOFF = (10, 30, 90, 270)  # seconds between attempts; Label Studio restarts take ~30 s
 

@@ -167,3 +167,17 @@ def test_redis_down_webhook_503_but_predict_and_setup_answer(make_settings, capt
     assert client.post("/predict", json=captured["predict_single_task_from_GET_task"]["json"]).status_code == 200
     health = client.get("/health").get_json()
     assert health["status"] == "DEGRADED" and health["redis"] is False
+
+
+def test_report_is_built_by_a_job_and_then_served(client, make_settings, redis_conn):
+    first = client.get("/report?project=4")
+    assert first.status_code == 202 and b"Building the report" in first.data
+    assert redis_conn.llen("rq:queue:rlhf-test-report") == 1
+    assert client.get("/report?project=4").status_code == 202  # still building: no second job
+    assert redis_conn.llen("rq:queue:rlhf-test-report") == 1
+    page = make_settings().model_dir / "4" / "report.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>report</body></html>")
+    served = client.get("/report?project=4")
+    assert served.status_code == 200 and served.mimetype == "text/html" and b"report" in served.data
+    assert client.get("/report").status_code == 400
