@@ -3,7 +3,6 @@ store (the same code path as the worker's training job), and evaluation of a sav
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys

@@ -104,8 +104,9 @@ def test_fast_mode_scores_match_the_head_it_trained(encoder, pairs, tmp_path):
 
 def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):
     cache_dir = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
     first = train_reward_model(pairs[:30], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
-                               tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)
+                               tmp_path / "a")
     assert first["features_encoded"] == 60 and list(cache_dir.rglob("shard-*.pt"))
     (tmp_path / "b").mkdir()
     second = train_reward_model(pairs[:40], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
