@@ -288,6 +288,7 @@ def test_worker_killed_mid_job_leaves_the_served_version_intact(moment, ls, labe
         answered_before = len(poller.answers)
         poll(lambda: len(poller.answers) >= answered_before + 3, 30, message="/predict answers after the kill")
         assert set(poller.answers) == {v1} and not poller.errors, (set(poller.answers), poller.errors[:3])
+        assert watcher.checks > 20 and not watcher.violations, watcher.violations[:5]
 
         # The next job: a fresh worker (what `start` does), Label Studio's Start Training event.
         worker.stop()
@@ -375,7 +376,7 @@ def test_redis_down_then_back_empty(ls, label_studio, tiny, tmp_path):
         if worker.popen.poll() is not None:
             problems.append(f"the worker exited when Redis went away (code {worker.popen.returncode})")
         try:
-            poll(lambda: requests.get(f"{url}/health", timeout=5).json()["status"] == "UP", 45,
+            poll(lambda: requests.get(f"{url}/health", timeout=5).json()["status"] == "UP", 30,
                  message="/health UP again (a live worker registered in the restarted Redis)")
         except TimeoutError as exc:
             problems.append(f"{exc}: {requests.get(f'{url}/health', timeout=5).json()['problems']}")
@@ -398,7 +399,7 @@ def test_redis_down_then_back_empty(ls, label_studio, tiny, tmp_path):
             return version if version != v1 and \
                 json.loads((model_dir / str(project) / version / "metrics.json").read_text())["n_pairs"] == 4 else None
         try:
-            poll(trained, 90, interval=2, message="a version trained on the 4 annotations made while Redis was down")
+            poll(trained, 60, interval=2, message="a version trained on the 4 annotations made while Redis was down")
         except TimeoutError as exc:
             problems.append(f"{exc}; train jobs: {requests.get(f'{url}/jobs', timeout=10).json()['train']}")
         assert not problems, problems
