@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from backend.config import ConfigError, Settings
-from model.pairs import DEFAULT_FIELDS
+from model.pairs import DEFAULT_FIELDS, pairs_from_tasks
 
 
 def _read_export(path: Path, fields) -> list[dict]:
@@ -36,7 +36,7 @@ def _fields(label_config: str | None):
 
 
 def report_command(args, settings: Settings) -> int:
-    from backend.report import bt_pairs, build_report, load_simulation, load_versions, pair_features
+    from backend.report import build_report, load_simulation, load_versions, pair_features
 
     if args.project is not None:
         from backend.labelstudio import LabelStudioClient, LabelStudioUnavailable, resolve_connection
@@ -58,7 +58,7 @@ def report_command(args, settings: Settings) -> int:
     versions = load_versions(model_dir, project) if project is not None else []
     features = None
     if not args.no_learning_curve:
-        pairs = bt_pairs(tasks, fields)
+        pairs = pairs_from_tasks(tasks, fields)
         if len(pairs) >= 8:
             features = pair_features(pairs, settings.reward_base_model, settings.reward_max_length,
                                      model_dir / "feature-cache")

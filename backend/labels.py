@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from model.pairs import TaskFields
+from model.pairs import BOTH_BAD, TIE, TaskFields
 
 
 class LabelConfigError(ValueError):
@@ -63,4 +63,15 @@ def parse_label_config(config: str) -> TaskFields:
     # Several extra Texts: prefer one literally called "prompt", else the first in the config.
     prompt = next((o for o in prompts if o.name == "prompt"), prompts[0])
     return TaskFields(pairwise=control.name, prompt=text_data_key(prompt),
-                      left=answer_keys[0], right=answer_keys[1])
+                      left=answer_keys[0], right=answer_keys[1], judgement=_judgement_control(interface))
+
+
+def _judgement_control(interface) -> str | None:
+    """The optional Choices control offering "tie" and/or "both bad" (label_config_ties.xml)."""
+    for control in interface.controls:
+        if control.tag.lower() != "choices":
+            continue
+        values = {str(label).strip().lower() for label in control.labels or []}
+        if values & {TIE, BOTH_BAD}:
+            return control.name
+    return None

@@ -126,12 +126,6 @@ def pair_features(pairs, base_model: str, max_length: int, cache_dir=None):
     return feats[:len(pairs)], feats[len(pairs):]
 
 
-def bt_pairs(tasks: list[dict], fields: TaskFields, choices_name: str | None = None) -> list:
-    """Bradley-Terry pairs of an export, without annotations marked tie (a tie has no preferred side)."""
-    ties = {j.annotation_id for j in stats.judgements(tasks, fields, choices_name) if j.tie}
-    return [p for p in pairs_from_tasks(tasks, fields) if p.meta.get("annotation_id") not in ties]
-
-
 # ---------------------------------------------------------------- plots
 
 def _figure(width=7.0, height=3.4):
@@ -479,14 +473,14 @@ def build_report(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS, version
                  out_path=None, *, title: str = "Preference collection report", simulation: dict | None = None,
                  features=None, choices_name: str | None = None, n_boot: int = 1000) -> str:
     """The report page for LS JSON-export `tasks`. `versions`: see `load_versions`; `simulation`: the
-    simulation's results JSON; `features`: (chosen, rejected) fast-mode features of `bt_pairs(tasks)`, for
+    simulation's results JSON; `features`: (chosen, rejected) fast-mode features of `pairs_from_tasks(tasks, fields)`, for
     the learning curve (None: only the versions' own points). Writes `out_path` too when given."""
-    items = stats.judgements(tasks, fields, choices_name)
+    items = stats.judgements(tasks, fields, choices_name or fields.judgement)
     versions = versions or []
     counts = stats.judgement_counts(tasks, items)
     agree = stats.agreement(items, n_boot=n_boot)
     bias = stats.position_bias(items)
-    pairs = bt_pairs(tasks, fields, choices_name)
+    pairs = pairs_from_tasks(tasks, fields)  # ties are no Bradley-Terry pairs: dropped there
     curve = None
     if features is not None and len(pairs) >= 8:
         curve = stats.learning_curve(*features, groups=[p.meta.get("task_id") for p in pairs])
@@ -533,7 +527,7 @@ def write_report(settings, project: int, tasks: list[dict], fields: TaskFields, 
     the project's versions and (features cached by training) the learning curve."""
     features = None
     if learning_curve:
-        pairs = bt_pairs(tasks, fields)
+        pairs = pairs_from_tasks(tasks, fields)
         if len(pairs) >= 8:
             features = pair_features(pairs, settings.reward_base_model, settings.reward_max_length,
                                      settings.model_dir / "feature-cache")

@@ -25,6 +25,7 @@ class TaskFields:
     prompt: str    # data key of the prompt Text, e.g. "prompt"
     left: str      # data key of the first (left) answer Text, e.g. "answer1"
     right: str     # data key of the second (right) answer Text, e.g. "answer2"
+    judgement: str | None = None  # optional Choices control offering "tie" / "both bad" (label_config_ties.xml)
 
 
 DEFAULT_FIELDS = TaskFields(pairwise="comparison", prompt="prompt", left="answer1", right="answer2")
@@ -95,6 +96,26 @@ def selected_side(result: Iterable[dict], fields: TaskFields = DEFAULT_FIELDS) -
     return None
 
 
+TIE, BOTH_BAD = "tie", "both bad"
+
+
+def judgement_choices(result, choices_name: str | None = None) -> tuple[str, ...]:
+    """Values of "choices" result items, lower-cased; only from `choices_name` when given (the Choices
+    control's name, "judgement" in label_config_ties.xml). Without a name only "tie"/"both bad" count, so
+    an unrelated Choices control in a custom config cannot turn into a tie."""
+    found = []
+    for item in result or []:
+        if not isinstance(item, dict) or item.get("type") != "choices":
+            continue
+        if choices_name is not None and item.get("from_name") != choices_name:
+            continue
+        for value in (item.get("value") or {}).get("choices") or []:
+            value = str(value).strip().lower()
+            if choices_name is not None or value in (TIE, BOTH_BAD):
+                found.append(value)
+    return tuple(found)
+
+
 def _user(value):
     """completed_by is an id in exports but may be a user dict in some API responses."""
     if isinstance(value, dict):
@@ -110,6 +131,10 @@ def pairs_from_tasks(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> 
     close the answers are, and the Bradley-Terry loss turns split votes into a probability near 0.5
     instead of an arbitrary majority pick. The train/validation split groups pairs by task, so the
     same comparison never lands on both sides.
+
+    With the tie / both-bad Choices (label_config_ties.xml): a tie says neither answer is preferred, so it
+    is no Bradley-Terry pair and is dropped, even if a side was clicked too. "Both bad" with a side picked
+    stays a pair (the less bad answer is still preferred) flagged `meta["both_bad"]`, which the export keeps.
     """
     pairs = []
     for task in tasks:
@@ -118,10 +143,12 @@ def pairs_from_tasks(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> 
             if ann.get("was_cancelled"):
                 continue
             selected = selected_side(ann.get("result"), fields)
-            if selected is None:
+            choices = judgement_choices(ann.get("result"), fields.judgement)
+            if selected is None or TIE in choices:
                 continue
             meta = {"task_id": task.get("id"), "annotation_id": ann.get("id"),
-                    "annotator": _user(ann.get("completed_by")), "lead_time": ann.get("lead_time")}
+                    "annotator": _user(ann.get("completed_by")), "lead_time": ann.get("lead_time"),
+                    "both_bad": BOTH_BAD in choices}
             pair = _make_pair(data, selected, fields, meta)
             if pair is not None:
                 pairs.append(pair)
@@ -216,15 +243,16 @@ def read_pairs(path, fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair
 
 
 def write_trl_jsonl(pairs: Iterable[PreferencePair], path) -> int:
-    """Write TRL's explicit-prompt preference format, one {"prompt","chosen","rejected"} per line.
+    """Write TRL's explicit-prompt preference format, one {"prompt","chosen","rejected"} per line, plus a
+    boolean "both_bad" (the annotator found both answers bad; filter on it before RL if you like).
 
-    Only the three string keys are written: meta values have mixed types (ids, None, floats) that
-    would trip `datasets.load_dataset("json")` schema inference.
+    Other meta values have mixed types (ids, None, floats) that would trip
+    `datasets.load_dataset("json")` schema inference, so they stay out; "both_bad" is always a bool.
     """
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+                                "both_bad": bool(p.meta.get("both_bad"))}, ensure_ascii=False) + "\n")
             count += 1
     return count

@@ -16,9 +16,7 @@ from itertools import combinations
 
 import numpy as np
 
-from model.pairs import DEFAULT_FIELDS, TaskFields, selected_side
-
-TIE, BOTH_BAD = "tie", "both bad"
+from model.pairs import BOTH_BAD, DEFAULT_FIELDS, TIE, TaskFields, judgement_choices, selected_side
 Z95 = 1.959964
 
 
@@ -45,23 +43,6 @@ class Judgement:
         if self.tie:
             return TIE
         return self.side or (BOTH_BAD if self.both_bad else None)
-
-
-def judgement_choices(result, choices_name: str | None = None) -> tuple[str, ...]:
-    """Values of "choices" result items, lower-cased; only from `choices_name` when given (the Choices
-    control's name, "judgement" in label_config_ties.xml). Without a name only "tie"/"both bad" count, so
-    an unrelated Choices control in a custom config cannot turn into a tie."""
-    found = []
-    for item in result or []:
-        if not isinstance(item, dict) or item.get("type") != "choices":
-            continue
-        if choices_name is not None and item.get("from_name") != choices_name:
-            continue
-        for value in (item.get("value") or {}).get("choices") or []:
-            value = str(value).strip().lower()
-            if choices_name is not None or value in (TIE, BOTH_BAD):
-                found.append(value)
-    return tuple(found)
 
 
 def parse_time(value) -> datetime | None:

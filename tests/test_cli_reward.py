@@ -38,7 +38,7 @@ def test_export_from_a_captured_export(tmp_path, capsys):
                    tmp_path, capsys)
     assert code == 0 and "wrote 2 preference pairs" in io.err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0] == {"prompt": "What is 2+2?", "chosen": "changed too", "rejected": "changed"}
+    assert rows[0] == {"prompt": "What is 2+2?", "chosen": "changed too", "rejected": "changed", "both_bad": False}
 
 
 def test_export_with_renamed_fields_from_a_label_config(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_export_with_renamed_fields_from_a_label_config(tmp_path, capsys):
                                                                          "value": {"selected": "right"}}]}]}]))
     out = tmp_path / "pairs.jsonl"
     code, _ = run(["export", "--from", str(export), "--label-config", str(config), "-o", str(out)], tmp_path, capsys)
-    assert code == 0 and json.loads(out.read_text()) == {"prompt": "Q", "chosen": "B", "rejected": "A"}
+    assert code == 0 and json.loads(out.read_text()) == {"prompt": "Q", "chosen": "B", "rejected": "A", "both_bad": False}
 
 
 def test_train_then_eval(tmp_path, capsys):

@@ -35,3 +35,18 @@ def test_renamed_fields_are_read_from_the_config():
 def test_unusable_configs_say_what_is_missing(config, message):
     with pytest.raises(LabelConfigError, match=message):
         parse_label_config(config)
+
+
+def test_tie_config_names_its_judgement_control():
+    from pathlib import Path
+
+    config = (Path(__file__).parent.parent / "label_config_ties.xml").read_text()
+    fields = parse_label_config(config)
+    assert fields.judgement == "judgement" and fields.pairwise == "comparison"
+
+
+def test_an_unrelated_choices_control_is_not_a_tie_control():
+    config = """<View><Text name="prompt" value="$prompt"/><Text name="a" value="$a"/><Text name="b" value="$b"/>
+      <Pairwise name="c" toName="a,b"/>
+      <Choices name="topic" toName="prompt"><Choice value="sports"/><Choice value="news"/></Choices></View>"""
+    assert parse_label_config(config).judgement is None

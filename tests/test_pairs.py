@@ -119,7 +119,8 @@ def test_trl_jsonl_round_trip(tmp_path):
     path = tmp_path / "pairs.jsonl"
     assert write_trl_jsonl(pairs, path) == 2
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows == [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    assert rows == [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "both_bad": False}
+                    for p in pairs]
     assert read_pairs(path) == pairs
 
 
@@ -128,8 +129,33 @@ def test_trl_jsonl_loads_with_datasets(tmp_path):
     path = tmp_path / "pairs.jsonl"
     write_trl_jsonl(read_pairs(FIXTURES / "ls-1.23.2-export-JSON.json"), path)
     ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
-    assert ds.column_names == ["prompt", "chosen", "rejected"] and ds[0]["chosen"] == "changed too"
+    assert ds.column_names == ["prompt", "chosen", "rejected", "both_bad"] and ds[0]["chosen"] == "changed too"
 
 
 def test_default_fields_match_the_ls_template():
     assert DEFAULT_FIELDS == TaskFields("comparison", "prompt", "answer1", "answer2")
+
+
+def test_ties_are_dropped_and_both_bad_is_kept_as_a_flag(tmp_path):
+    import json as _json
+
+    from model.pairs import TaskFields, pairs_from_tasks, write_trl_jsonl
+
+    fields = TaskFields("comparison", "prompt", "answer1", "answer2", judgement="judgement")
+    side = lambda s: {"from_name": "comparison", "to_name": "comparison", "type": "pairwise",  # noqa: E731
+                      "value": {"selected": s}}
+    choice = lambda c: {"from_name": "judgement", "to_name": "prompt", "type": "choices",  # noqa: E731
+                        "value": {"choices": [c]}}
+    task = {"id": 1, "data": {"prompt": "p", "answer1": "A", "answer2": "B"}, "annotations": [
+        {"id": 10, "completed_by": 1, "result": [side("left")]},
+        {"id": 11, "completed_by": 2, "result": [side("right"), choice("tie")]},
+        {"id": 12, "completed_by": 3, "result": [side("right"), choice("both bad")]},
+        {"id": 13, "completed_by": 4, "result": [choice("both bad")]},  # no side: nothing to learn
+    ]}
+    pairs = pairs_from_tasks([task], fields)
+    assert [(p.meta["annotation_id"], p.chosen, p.meta["both_bad"]) for p in pairs] == [(10, "A", False),
+                                                                                         (12, "B", True)]
+    out = tmp_path / "pairs.jsonl"
+    write_trl_jsonl(pairs, out)
+    rows = [_json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["both_bad"] for r in rows] == [False, True]

@@ -11,9 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from backend.report import SECTIONS, bt_pairs, build_report, load_versions, read_export, write_report
+from backend.report import SECTIONS, build_report, load_versions, read_export, write_report
 from conftest import FIXTURES
-from model.pairs import DEFAULT_FIELDS
+from model.pairs import DEFAULT_FIELDS, pairs_from_tasks
 from synthetic_export import synthetic_export, write_versions
 
 IMG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
@@ -30,7 +30,7 @@ def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     tasks = synthetic_export()
     write_versions(folder / "models")
-    pairs = bt_pairs(tasks, DEFAULT_FIELDS)
+    pairs = pairs_from_tasks(tasks, DEFAULT_FIELDS)
     rng = np.random.default_rng(0)
     noise = rng.normal(size=(len(pairs), 8))
     features = (noise + 0.5, noise * 0.5)  # separable: the learning curve must rise above chance
@@ -100,7 +100,7 @@ def test_ties_are_not_bradley_terry_pairs():
     tasks = synthetic_export()
     tie_ids = {a["id"] for t in tasks for a in t["annotations"]
                if any(r.get("value", {}).get("choices") == ["tie"] for r in a["result"])}
-    pairs = bt_pairs(tasks, DEFAULT_FIELDS)
+    pairs = pairs_from_tasks(tasks, DEFAULT_FIELDS)
     assert pairs and not tie_ids & {p.meta["annotation_id"] for p in pairs}
 
 
