@@ -19,6 +19,7 @@ from backend.auth import credentials_match
 from backend.config import Settings
 from backend.labels import LabelConfigError, parse_label_config
 from backend.labelstudio import ProjectRegistry
+from backend.logs import RedactSecrets
 from backend.metrics import Metrics
 from backend.queue import GENERATE, MAINTENANCE, REPORT, TRAIN, JobQueue
 from backend.report import report_path
@@ -55,6 +56,7 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
     queue = JobQueue(connection, settings.queue_prefix, settings.job_timeout, settings.job_retries)
     registry = ProjectRegistry(connection, settings.queue_prefix)
     metrics = Metrics(connection, settings.queue_prefix)
+    redactor = RedactSecrets(settings.secrets())
     app.extensions["rlhf"] = {"models": models, "queue": queue, "store": store}
 
     @app.before_request
@@ -103,6 +105,8 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
             problems.append("no worker is running: answers are not generated and nothing trains")
         if not settings.label_studio_url:
             problems.append("LABEL_STUDIO_URL is not set: jobs rely on the hostname and token from /setup")
+        if ls_status and ls_status.get("message"):
+            ls_status["message"] = redactor.redact(ls_status["message"])
         if ls_status and not ls_status["ok"]:
             problems.append(f"last Label Studio call failed: {ls_status['message']}")
         return jsonify(status="UP" if redis_ok and workers else "DEGRADED", model_class=MODEL_CLASS,
@@ -126,9 +130,10 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
             if settings.auth_enabled and not registry.webhook_auth_ok(project):
                 queue.enqueue(MAINTENANCE, project)
             # Events can be lost (LS waits 1 s and never retries): an annotator at work (LS calls /setup
-            # before each prediction batch) triggers a catch-up generation pass, at most once a minute.
+            # before each prediction batch) triggers a catch-up pass, at most once a minute.
             if registry.due_for_catch_up(project, CATCH_UP_SECONDS):
                 queue.enqueue(GENERATE, project)
+                queue.enqueue(TRAIN, project, reason="catch-up")  # skipped unless annotations changed
         except redis.RedisError as exc:  # /setup gates every prediction batch: never fail it for Redis
             log.warning("could not record /setup for project %s: %s", project, exc)
         return jsonify(model_version=models.version(project))
@@ -208,7 +213,16 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
 
     @app.get("/jobs")
     def jobs():
-        return jsonify(queue.jobs(limit=min(int(request.args.get("limit", 20)), 200)))
+        limit = request.args.get("limit", "20")
+        if not (limit.isascii() and limit.isdigit()):
+            raise BadRequest("'limit' must be a whole number of jobs")
+        listing = queue.jobs(limit=max(1, min(int(limit), 200)))
+        for groups in listing.values():
+            for group in groups.values():
+                for job in group:
+                    if job.get("error"):
+                        job["error"] = redactor.redact(job["error"])
+        return jsonify(listing)
 
     return app
 
@@ -234,7 +248,7 @@ def project_id(value) -> int:
         return value
     if isinstance(value, str):
         head = value.strip().split(".", 1)[0]
-        if head.isdigit() and int(head) > 0:
+        if head.isascii() and head.isdigit() and int(head) > 0:
             return int(head)
     raise BadRequest("'project' must be a project id such as 4 or \"4.1795778391\"")
 

@@ -43,6 +43,7 @@ def serve(args, settings: Settings) -> int:
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", "-" if settings.log_level == "DEBUG" else None)
+            self.cfg.set("access_log_format", '%(h)s %(t)s "%(r)s" %(s)s %(b)s "%(a)s"')  # no %(u)s: basic-auth user
 
         def load(self):
             return create_app(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from functools import cached_property
 
@@ -22,6 +23,7 @@ from model.store import VersionStore
 
 log = logging.getLogger(__name__)
 
+LOCK_SECONDS = 60
 FORCED = "START_TRAINING"  # the only reason that trains even with nothing new
 WEBHOOK_WAIT_SECONDS = 60  # how long the auth job waits for Label Studio to create its webhook
 
@@ -163,10 +165,21 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
     from model.training import train_reward_model as fit
 
     ctx = _start(TRAIN, project)
-    lock = ctx.redis.lock(f"{ctx.settings.queue_prefix}:train-lock:{project}", timeout=ctx.settings.job_timeout,
-                          blocking_timeout=ctx.settings.job_timeout)
+    # A short lock, renewed while this job lives: a worker that dies (SIGKILL, OOM) frees it within a minute.
+    lock = ctx.redis.lock(f"{ctx.settings.queue_prefix}:train-lock:{project}", timeout=LOCK_SECONDS,
+                          blocking_timeout=ctx.settings.job_timeout, thread_local=False)
     if not lock.acquire():
         raise RuntimeError(f"another worker has been training project {project} for too long")
+    alive = threading.Event()
+
+    def renew():
+        while not alive.wait(LOCK_SECONDS / 3):
+            try:
+                lock.reacquire()
+            except redis.RedisError:
+                return
+
+    threading.Thread(target=renew, daemon=True).start()
     try:
         ls = ctx.label_studio(project)
         fields = parse_label_config(ls.label_config(project))
@@ -197,6 +210,7 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
         ctx.registry.record_status(False, f"train job for project {project} failed: {exc}")
         raise
     finally:
+        alive.set()
         try:
             lock.release()
         except redis.exceptions.LockError:

@@ -57,24 +57,29 @@ class JobQueue:
         """Queue `kind` for `project` unless one is already pending. Raises redis.RedisError if Redis is down."""
         key = self._pending_key(kind, project)
         job_id = f"{kind}-{project}-{uuid.uuid4().hex[:12]}"
-        # The marker expires in case its job vanished (e.g. Redis lost the queue but not the key).
-        if not self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 2):
-            existing = self.redis.get(key)
-            existing_id = existing.decode() if existing else None
-            if existing_id and self._is_waiting(existing_id):
-                self.metrics.count_job(kind, "coalesced")
-                return Enqueued(existing_id, coalesced=True)
-            self.redis.set(key, job_id, ex=self.job_timeout * 2)  # stale marker: replace it
+        # The marker and its job are written in one transaction (WATCH/MULTI on the marker), so no request
+        # ever sees a marker whose job does not exist yet. The marker expires in case its job vanished.
         retry = Retry(max=self.retries, interval=list(RETRY_BACKOFF[: self.retries])) if self.retries else None
-        try:
-            self.queues[kind].enqueue_call(
-                JOB_FUNCTIONS[kind], args=(project,), kwargs=kwargs, job_id=job_id, timeout=self.job_timeout,
-                retry=retry, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                meta={"project": project, "kind": kind, **kwargs},
-                description=f"{kind} project {project}")
-        except BaseException:
-            self.redis.delete(key)
-            raise
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    existing = pipe.get(key)
+                    if existing and self._is_waiting(existing.decode()):
+                        pipe.reset()
+                        self.metrics.count_job(kind, "coalesced")
+                        return Enqueued(existing.decode(), coalesced=True)
+                    pipe.multi()
+                    pipe.set(key, job_id, ex=self.job_timeout * 2)
+                    self.queues[kind].enqueue_call(
+                        JOB_FUNCTIONS[kind], args=(project,), kwargs=kwargs, job_id=job_id,
+                        timeout=self.job_timeout, retry=retry, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                        meta={"project": project, "kind": kind, **kwargs},
+                        description=f"{kind} project {project}", pipeline=pipe)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # another request set the marker meanwhile: look again
         self.metrics.count_job(kind, "queued")
         log.info("queued %s for project %s (%s)", kind, project, job_id)
         return Enqueued(job_id, coalesced=False)

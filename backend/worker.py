@@ -24,7 +24,21 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, burst: bool =
     context = jobs.init(settings, connection)
     if sweep:
         jobs.sweep(context)
-    worker_class = Worker if fork else SimpleWorker
+    worker_class = _reregistering(Worker if fork else SimpleWorker)
     worker = worker_class(context.queue.queue_names(kinds), connection=connection)
     log.info("worker %s listening on %s", worker.name, ", ".join(context.queue.queue_names(kinds)))
     return worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
+
+
+def _reregistering(base):
+    """A worker that registers itself again when Redis lost its registration (a restart without
+    persistence), so that /health counts it."""
+
+    class Reregistering(base):
+        def heartbeat(self, *args, **kwargs):
+            if not self.connection.exists(self.key):
+                self.register_birth()
+            return super().heartbeat(*args, **kwargs)
+
+    Reregistering.__name__ = base.__name__
+    return Reregistering
