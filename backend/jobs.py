@@ -23,7 +23,7 @@ from model.store import VersionStore
 
 log = logging.getLogger(__name__)
 
-LOCK_SECONDS = 60
+LOCK_SECONDS = 30  # renewed every 10 s while the job lives
 FORCED = "START_TRAINING"  # the only reason that trains even with nothing new
 WEBHOOK_WAIT_SECONDS = 60  # how long the auth job waits for Label Studio to create its webhook
 

@@ -52,3 +52,13 @@ def make_settings(tmp_path):
         return load_settings(env)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio 1.23.2 for the end-to-end tests (starting one takes 20-60 s)."""
+    from harness import start_label_studio
+
+    process, url = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield url
+    process.stop()

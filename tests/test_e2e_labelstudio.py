@@ -8,19 +8,12 @@ import pytest
 
 from conftest import REDIS_URL, ROOT
 from flows import full_loop
-from harness import LS_TOKEN, backend_env, start_backend, start_label_studio
+from harness import LS_TOKEN, backend_env, start_backend
 from tiny_models import tiny_causal_lm, tiny_encoder
 
 pytestmark = pytest.mark.e2e
 
 AUTH = ("labelstudio", "backend-pass-e2e")
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    process, url = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield url
-    process.stop()
 
 
 @pytest.fixture(scope="module")

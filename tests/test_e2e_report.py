@@ -13,19 +13,12 @@ from label_studio_sdk import LabelStudio
 from backend.cli_report import register
 from backend.report import SECTIONS
 from conftest import ROOT
-from harness import LS_TOKEN, start_label_studio
+from harness import LS_TOKEN
 
 pytestmark = pytest.mark.e2e
 
 # (side, choice) per task, as an annotator would submit them in the editor.
 LABELS = [("left", None), ("left", None), ("right", None), (None, "tie"), ("right", "both bad"), ("left", None)]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    process, url = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield url
-    process.stop()
 
 
 def test_report_of_a_real_project_with_ties(label_studio, make_settings, tmp_path):

@@ -22,7 +22,7 @@ from rq.job import Job
 
 from backend.queue import TRAIN, JobQueue
 from conftest import FIXTURES, REDIS_URL, ROOT
-from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend, start_label_studio
+from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend
 from test_faults import synthetic_pairs, train_versions, warm_up
 from tiny_models import tiny_causal_lm, tiny_encoder
 
@@ -31,13 +31,6 @@ pytestmark = pytest.mark.e2e
 CAPTURED = json.loads((FIXTURES / "ls-1.23.2-ml-requests.json").read_text())
 CONFIG = (ROOT / "label_config.xml").read_text()
 PREFIX = "rlhf-test"
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    process, url = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield url
-    process.stop()
 
 
 @pytest.fixture(scope="module")
