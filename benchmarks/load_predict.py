@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import backend_env, start_backend  # noqa: E402
+from harness import backend_env, start_backend, warm_up_predict  # noqa: E402
 
 PROJECT = 1
 
@@ -144,23 +144,6 @@ def run_cell(url: str, body: dict, clients: int, duration: float, warmup: float)
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": 1000 * latencies[-1] if n else float("nan")}
 
 
-def warm_up(url: str, body: dict, clients: int, timeout: float = 300) -> None:
-    """Every gunicorn worker imports torch and loads the model on its first /predict: send concurrent
-    requests until a whole round is answered quickly, so that no cell pays for a cold worker."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(_):
-        started = time.perf_counter()
-        requests.post(f"{url}/predict", json=body, timeout=timeout).raise_for_status()
-        return time.perf_counter() - started
-
-    deadline = time.time() + timeout
-    with ThreadPoolExecutor(clients) as pool:
-        while max(pool.map(one, range(clients * 2))) > 2.0:
-            if time.time() > deadline:
-                raise TimeoutError("the server did not warm up")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients")
@@ -187,7 +170,7 @@ def main() -> None:
     server, _, url = start_backend(backend_env(**settings), work, worker=False)
     idle = rss_mib(server.popen.pid)
     try:
-        warm_up(url, predict_body(captured, 1), args.workers * args.threads)
+        warm_up_predict(url, predict_body(captured, 1), args.workers * args.threads)
         print(f"server: WORKERS={args.workers} THREADS={args.threads}, {os.cpu_count()} CPUs; "
               f"RSS before the first /predict {idle:.0f} MiB, after warm-up {rss_mib(server.popen.pid):.0f} MiB",
               flush=True)

@@ -122,3 +122,58 @@ def poll(check, timeout: float, interval: float = 0.5, message: str = "condition
         if time.time() > deadline:
             raise TimeoutError(f"{message} not reached within {timeout} s")
         time.sleep(interval)
+
+
+class StubServer:
+    """A local HTTP server standing in for a peer (Label Studio, an OpenAI server): records each request's
+    path and Authorization header in `requests`, and answers what `respond(path, authorization, headers)`
+    returns as (status, JSON body)."""
+
+    def __init__(self, respond):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                authorization = self.headers.get("Authorization")
+                stub.requests.append((self.path, authorization))
+                status, body = respond(self.path, authorization, dict(self.headers))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = do_PATCH = do_PUT = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def warm_up_predict(url: str, body: dict, clients: int, timeout: float = 300) -> None:
+    """Each gunicorn worker imports torch and loads the model on its first /predict (tens of seconds on a
+    busy 2-core machine): send concurrent requests until every one of them is answered within 2 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        started = time.perf_counter()
+        requests.post(f"{url}/predict", json=body, timeout=timeout).raise_for_status()
+        return time.perf_counter() - started
+
+    deadline = time.time() + timeout
+    with ThreadPoolExecutor(clients) as pool:
+        while max(pool.map(one, range(clients * 2))) > 2.0:
+            if time.time() > deadline:
+                raise TimeoutError("the server did not warm up")

@@ -1,7 +1,6 @@
 """Every route, driven with the requests Label Studio 1.23.2 really sent (tests/fixtures)."""
 
 import base64
-import copy
 import json
 
 import pytest
@@ -155,7 +154,6 @@ def test_versions_metrics_and_jobs(client, captured, tmp_path):
 
 
 def test_redis_down_webhook_503_but_predict_and_setup_answer(make_settings, captured):
-    import redis as redis_lib
 
     from backend.app import connect_redis
 

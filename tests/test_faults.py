@@ -21,7 +21,7 @@ from rq.job import Job
 
 from backend.queue import GENERATE, MAINTENANCE, RETRY_BACKOFF, JobQueue
 from conftest import FIXTURES, REDIS_URL
-from harness import Process, backend_env, free_port, poll, start_backend
+from harness import Process, backend_env, free_port, poll, start_backend, warm_up_predict
 
 CAPTURED = json.loads((FIXTURES / "ls-1.23.2-ml-requests.json").read_text())
 LS_KEY = "faults-ls-key-0123456789abcdef"
@@ -155,22 +155,6 @@ def expected_scores(model_dir: Path, names: list[str], task: dict) -> dict[str, 
     return scores
 
 
-def warm_up(url: str, body: dict, clients: int = 8, timeout: float = 240) -> None:
-    """Each gunicorn worker imports torch and loads the model on its first /predict (tens of seconds on a
-    busy 2-core machine): send concurrent requests until every one of them is answered quickly."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(_):
-        started = time.perf_counter()
-        requests.post(f"{url}/predict", json=body, timeout=timeout).raise_for_status()
-        return time.perf_counter() - started
-
-    deadline = time.time() + timeout
-    with ThreadPoolExecutor(clients) as pool:
-        while max(pool.map(one, range(clients))) > 2.0:
-            assert time.time() < deadline, "the server did not warm up"
-
-
 def test_versions_swap_under_concurrent_predict(tmp_path, redis_conn, versions_for_swap):
     from model.store import VersionStore
 
@@ -206,7 +190,7 @@ def test_versions_swap_under_concurrent_predict(tmp_path, redis_conn, versions_f
                 errors.append(repr(exc))
 
     try:
-        warm_up(url, body)
+        warm_up_predict(url, body, clients=8, timeout=240)
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()

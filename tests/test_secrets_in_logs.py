@@ -8,18 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from conftest import FIXTURES, ROOT
-from harness import Process, backend_env, free_port, poll, start_backend
+from harness import Process, StubServer, backend_env, free_port, poll, start_backend
 
 CAPTURED = json.loads((FIXTURES / "ls-1.23.2-ml-requests.json").read_text())
 USER = "ls-basic-user"
@@ -35,37 +31,11 @@ ROUTES = [("GET", "/"), ("GET", "/health"), ("POST", "/setup"), ("POST", "/predi
           ("POST", "/train"), ("GET", "/versions"), ("GET", "/metrics"), ("GET", "/jobs")]
 
 
-class Echo:
+def Echo() -> StubServer:
     """A hostile stand-in for Label Studio and the OpenAI server: every request gets a 401 whose body
     repeats the credentials and the URL it was sent."""
-
-    def __init__(self):
-        self.seen: list[str] = []
-        echo = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                authorization = self.headers.get("Authorization") or ""
-                echo.seen.append(authorization)
-                body = json.dumps({"detail": f"Invalid credentials: Authorization: {authorization} for {self.path}",
-                                   "headers": dict(self.headers)}).encode()
-                self.send_response(401)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_PATCH = do_PUT = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+    return StubServer(lambda path, authorization, headers: (401, {
+        "detail": f"Invalid credentials: Authorization: {authorization or ''} for {path}", "headers": headers}))
 
 
 @pytest.fixture
@@ -141,7 +111,7 @@ def test_basic_auth_and_no_secret_in_any_log(tmp_path, echo, private_redis):
             failed = [j for kind in jobs.values() for j in kind["failed"]]
             return failed if len(failed) >= 3 else None  # maintenance, train, generate
         failed = poll(failed_jobs, 120, interval=1, message="the three jobs failed")
-        assert any(LS_KEY in seen for seen in echo.seen), "the jobs did use LABEL_STUDIO_API_KEY"
+        assert any(LS_KEY in seen for seen in [a or '' for _, a in echo.requests]), "the jobs did use LABEL_STUDIO_API_KEY"
 
         # 3. The OpenAI key, through the `generate` command (a real process too).
         prompts = tmp_path / "prompts.txt"
@@ -150,7 +120,7 @@ def test_basic_auth_and_no_secret_in_any_log(tmp_path, echo, private_redis):
                                    str(tmp_path / "out.json")], env=env, cwd=ROOT, capture_output=True, text=True,
                                   timeout=120)
         assert generate.returncode != 0 and "401" in generate.stderr, generate.stderr[-2000:]
-        assert any(OPENAI_KEY in seen for seen in echo.seen), "the generate command did use OPENAI_API_KEY"
+        assert any(OPENAI_KEY in seen for seen in [a or '' for _, a in echo.requests]), "the generate command did use OPENAI_API_KEY"
         outputs["generate"] = generate.stdout + generate.stderr
         health = requests.get(f"{url}/health", headers=good, timeout=10).json()
     finally:

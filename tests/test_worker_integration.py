@@ -3,11 +3,8 @@ they belong."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from rq.job import Job
@@ -15,38 +12,15 @@ from rq.job import Job
 from backend.app import create_app
 from backend.queue import GENERATE, JobQueue
 from conftest import REDIS_URL, ROOT
-from harness import backend_env, free_port
+from harness import StubServer, backend_env, free_port
 
 CONFIGURED_KEY = "configured-ls-key-0123456789"
 SETUP_TOKEN = "token-from-setup-9876543210"
 
 
-class Recorder:
-    """A local HTTP server that records every request's path and Authorization header, answering 404."""
-
-    def __init__(self):
-        self.requests: list[tuple[str, str | None]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                recorder.requests.append((self.path, self.headers.get("Authorization")))
-                self.send_response(404)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"detail": "not found"}')
-
-            do_POST = do_PATCH = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+def Recorder() -> StubServer:
+    """A local server that records every request and answers 404."""
+    return StubServer(lambda path, authorization, headers: (404, {"detail": "not found"}))
 
 
 @pytest.fixture
