@@ -22,8 +22,8 @@ from rq.job import Job
 
 from backend.queue import TRAIN, JobQueue
 from conftest import FIXTURES, REDIS_URL, ROOT
-from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend
-from test_faults import synthetic_pairs, train_versions, warm_up
+from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend, warm_up_predict
+from test_faults import synthetic_pairs, train_versions
 from tiny_models import tiny_causal_lm, tiny_encoder
 
 pytestmark = pytest.mark.e2e
@@ -246,7 +246,7 @@ def test_worker_killed_mid_job_leaves_the_served_version_intact(moment, ls, labe
     watcher, poller = StoreWatcher(model_dir, project), PredictPoller(url, body)
     worker = None
     try:
-        warm_up(url, body, clients=2)
+        warm_up_predict(url, body, clients=2, timeout=240)
         watcher.start()
         poller.start()
         queue = JobQueue(redis_conn, PREFIX, job_timeout=3600, retries=0)
@@ -344,7 +344,7 @@ def test_redis_down_then_back_empty(ls, label_studio, tiny, tmp_path):
         poll(lambda: requests.get(f"{url}/health", timeout=5).json()["status"] == "UP", 60, message="/health UP")
         ls.ml.create(project=project, url=url, title="rlhf-backend")  # LS: /health, /setup, and its webhook
         body = predict_body(project)
-        warm_up(url, body, clients=1)
+        warm_up_predict(url, body, clients=1, timeout=240)
 
         rds.stop(sig=signal.SIGKILL)
         t = time.perf_counter()
