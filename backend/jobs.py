@@ -165,7 +165,7 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
     from model.training import train_reward_model as fit
 
     ctx = _start(TRAIN, project)
-    # A short lock, renewed while this job lives: a worker that dies (SIGKILL, OOM) frees it within a minute.
+    # A short lock, renewed while this job lives: a worker that dies (SIGKILL, OOM) frees it in LOCK_SECONDS.
     lock = ctx.redis.lock(f"{ctx.settings.queue_prefix}:train-lock:{project}", timeout=LOCK_SECONDS,
                           blocking_timeout=ctx.settings.job_timeout, thread_local=False)
     if not lock.acquire():
