@@ -12,7 +12,8 @@ import numpy as np
 START = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 
 
-def _result(side: str | None, choice: str | None) -> list[dict]:
+def annotation_result(side: str | None, choice: str | None) -> list[dict]:
+    """A Pairwise pick and/or a tie / both-bad choice, as Label Studio's editor writes them."""
     result = []
     if side:
         result.append({"from_name": "comparison", "to_name": "comparison", "type": "pairwise",
@@ -44,7 +45,7 @@ def synthetic_export(n_tasks: int = 80, seed: int = 0) -> list[dict]:
                 side = better if rng.random() < 0.9 else {"left": "right", "right": "left"}[better]
             created = START + timedelta(minutes=float(t * 3 + rng.random() * 2))
             annotations.append({
-                "id": ann_id, "completed_by": who, "result": _result(side, choice), "was_cancelled": False,
+                "id": ann_id, "completed_by": who, "result": annotation_result(side, choice), "was_cancelled": False,
                 "ground_truth": False, "created_at": created.isoformat().replace("+00:00", "Z"),
                 "updated_at": created.isoformat().replace("+00:00", "Z"),
                 "lead_time": float(rng.lognormal(2.5 if who != 3 else 1.0, 0.5)), "task": t, "project": 7})

@@ -14,6 +14,7 @@ from backend.cli_report import register
 from backend.report import SECTIONS
 from conftest import ROOT
 from harness import LS_TOKEN
+from synthetic_export import annotation_result
 
 pytestmark = pytest.mark.e2e
 
@@ -29,14 +30,7 @@ def test_report_of_a_real_project_with_ties(label_studio, make_settings, tmp_pat
         for i in range(len(LABELS))])
     tasks = sorted(ls.tasks.list(project=project.id), key=lambda t: t.id)
     for task, (side, choice) in zip(tasks, LABELS):
-        result = []
-        if side:
-            result.append({"from_name": "comparison", "to_name": "comparison", "type": "pairwise",
-                           "value": {"selected": side}})
-        if choice:
-            result.append({"from_name": "judgement", "to_name": "prompt", "type": "choices",
-                           "value": {"choices": [choice]}})
-        ls.annotations.create(id=task.id, result=result, lead_time=3.5)
+        ls.annotations.create(id=task.id, result=annotation_result(side, choice), lead_time=3.5)
 
     settings = make_settings(LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN)
     parser = argparse.ArgumentParser()
