@@ -12,15 +12,16 @@ import numpy as np
 START = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 
 
-def annotation_result(side: str | None, choice: str | None) -> list[dict]:
-    """A Pairwise pick and/or a tie / both-bad choice, as Label Studio's editor writes them."""
+def annotation_result(side: str | None, *choices: str | None) -> list[dict]:
+    """A Pairwise pick and/or tie / both-bad choices (None ignored), as Label Studio's editor writes them."""
     result = []
     if side:
         result.append({"from_name": "comparison", "to_name": "comparison", "type": "pairwise",
                        "value": {"selected": side}})
-    if choice:
+    picked = [c for c in choices if c]
+    if picked:
         result.append({"from_name": "judgement", "to_name": "prompt", "type": "choices",
-                       "value": {"choices": [choice]}})
+                       "value": {"choices": picked}})
     return result
 
 

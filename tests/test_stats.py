@@ -12,18 +12,12 @@ from conftest import FIXTURES, ROOT
 from model.stats import (Judgement, agreement, cohen_kappa, judgement_choices, judgement_counts, judgements,
                          krippendorff_alpha_nominal, lead_times, learning_curve, percent_agreement,
                          position_bias, timeline, wilson_interval)
+from synthetic_export import annotation_result
 
 
 def ann(annotator, side=None, choices=(), minute=0, lead=None, cancelled=False, aid=None):
-    result = []
-    if side:
-        result.append({"from_name": "comparison", "to_name": "comparison", "type": "pairwise",
-                       "value": {"selected": side}})
-    if choices:
-        result.append({"from_name": "judgement", "to_name": "prompt", "type": "choices",
-                       "value": {"choices": list(choices)}})
-    return {"id": aid, "completed_by": annotator, "result": result, "was_cancelled": cancelled,
-            "lead_time": lead, "created_at": f"2026-11-27T10:{minute:02d}:00.000000Z"}
+    return {"id": aid, "completed_by": annotator, "result": annotation_result(side, *choices),
+            "was_cancelled": cancelled, "lead_time": lead, "created_at": f"2026-11-27T10:{minute:02d}:00.000000Z"}
 
 
 def task(tid, *annotations):
