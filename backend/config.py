@@ -64,7 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("TOP_P", "0.95", "Nucleus sampling threshold."),
     Option("MAX_NEW_TOKENS", "128", "Longest answer, in tokens."),
     Option("GENERATION_SEED", None, "Seed for reproducible answers (unset: random)."),
-    Option("GENERATION_BATCH_SIZE", "8", "Prompts per generation forward pass."),
+    Option("GENERATION_BATCH_SIZE", "64", "Prompts per generation batch (fewer when prompts are long)."),
     Option("TORCH_DTYPE", "auto", "auto (bf16 on CPUs that support it, fp16 on GPU), float32, bfloat16, float16."),
     Option("TORCH_THREADS", None, "torch intra-op threads (unset: torch's default)."),
     # Reward model

@@ -6,11 +6,14 @@ EOS). New tokens are counted per answer up to and including its EOS: padding and
 EOS while other rows finish is not counted. The machine is shared, so compare figures from one run.
 
     python benchmarks/bench_generation.py --batch-size 16
+    python benchmarks/bench_generation.py --prompts-file ../shared/data/hh-harmless-base-test-first1800.jsonl \
+        --prompts 64 --batch-size 32
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -40,6 +43,27 @@ PROMPTS = [
     "What are some good ways to learn a new language as an adult?",
     "How can I make my home office more comfortable?",
 ]
+
+
+def read_prompts(path: Path, limit: int) -> list[str]:
+    """Prompts from a file: hh-rlhf JSONL (the first human turn of "chosen"), JSONL with "prompt", or lines."""
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = line
+        if isinstance(record, dict) and "chosen" in record:
+            record = record["chosen"].split("\n\nHuman:", 1)[-1].split("\n\nAssistant:", 1)[0]
+        elif isinstance(record, dict):
+            record = record.get("prompt", "")
+        if isinstance(record, str) and record.strip() and record.strip() not in prompts:
+            prompts.append(record.strip())
+        if len(prompts) == limit:
+            break
+    return prompts
 
 
 def matmul_rate(threads: int, n: int = 2048, reps: int = 10) -> float:
@@ -108,7 +132,10 @@ def batched_generator(cache_dir: Path, prompts, args):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the built-in prompts")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many prompts")
+    parser.add_argument("--prompts-file", type=Path,
+                        help="take the prompts from this file instead of the built-in list: hh-rlhf JSONL (first "
+                             "human turn), JSONL with a \"prompt\" key, or one prompt per line")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (product side)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -128,7 +155,7 @@ def main() -> int:
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    prompts = PROMPTS[:args.prompts]
+    prompts = read_prompts(args.prompts_file, args.prompts) if args.prompts_file else PROMPTS[:args.prompts]
 
     print("running (b), the product generator ...", file=sys.stderr)
     generator, b_tokens, b_seconds, failed = batched_generator(args.cache_dir, prompts, args)

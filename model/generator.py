@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TRIES = 3  # generations per prompt before giving up on getting two different answers
+# Token slots (prompt + answer) per batch: bounds the KV cache and activations whatever the prompt lengths
+# (e.g. 64 prompts of 256 tokens with 128-token answers: 1.1 GB of KV cache for SmolLM2, two answers each).
+BATCH_TOKENS = 64 * 384
 
 Progress = Callable[[int, int], None]
 
@@ -41,7 +44,7 @@ class GenerationConfig:
     top_p: float = 0.95
     max_new_tokens: int = 128
     seed: int | None = None
-    batch_size: int = 8               # prompts per forward pass
+    batch_size: int = 64              # prompts per forward pass (fewer when they are long: BATCH_TOKENS)
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     threads: int | None = None        # torch.set_num_threads
     cache_dir: Path | None = None     # where a GGUF is converted once to safetensors
@@ -220,12 +223,21 @@ class _LM:
     """One loaded causal LM with its tokenizer: prompt encoding and batched sampling."""
 
     def __init__(self, name: str, config: GenerationConfig, device: str, dtype):
+        from model.decoding import use_fast_decoding
+
         tok, model = load_causal_lm(name, config.cache_dir, dtype)
         tok.padding_side = "left"  # decoder-only: new tokens follow the last real token of every row
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self.tok, self.model = tok, model.to(device).eval()
+        self.fast = use_fast_decoding(self.model)  # else `generate`, slower
         self.device = device
+        eos = model.generation_config.eos_token_id
+        eos = eos if eos is not None else tok.eos_token_id
+        self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        # Sample as `generate` does: the model's top_k, or transformers' default of 50 when it sets none.
+        top_k = model.generation_config.top_k
+        self.top_k = 50 if top_k is None else top_k
         # The prompt and the answer must fit the position embeddings together.
         self.context = getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_prompt = self.context - config.max_new_tokens
@@ -255,28 +267,52 @@ class _LM:
             keep -= len(ids) - self.max_prompt
         return ids[-self.max_prompt:], True  # last resort: cut the formatted ids themselves
 
-    def sample(self, batch: list[list[int]], n: int, kwargs: dict) -> tuple[list[list[str]], int]:
+    def sample(self, batch: list[list[int]], n: int, config: GenerationConfig) -> tuple[list[list[str]], int]:
         """`n` answers for each prompt of the batch, and the number of real new tokens (up to EOS)."""
         import torch
 
+        from model.decoding import Sampling, sample
+
         enc = self.tok.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, num_return_sequences=n, pad_token_id=self.tok.pad_token_id,
-                                      **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+            if config.temperature > 0 and self.fast:
+                new = sample(self.model, enc["input_ids"], enc["attention_mask"], n=n,
+                             max_new_tokens=config.max_new_tokens,
+                             sampling=Sampling(config.temperature, self.top_k, config.top_p),
+                             eos_ids=self.eos_ids, pad_id=self.tok.pad_token_id)
+            else:
+                # Greedy would give the same answer n times; the n best beams differ by construction.
+                how = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} \
+                    if config.temperature > 0 else {"do_sample": False, "num_beams": max(n, 1)}
+                out = self.model.generate(**enc, **how, num_return_sequences=n, max_new_tokens=config.max_new_tokens,
+                                          pad_token_id=self.tok.pad_token_id)
+                new = out[:, enc["input_ids"].shape[1]:]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
-        return [[t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch))], count_new_tokens(
-            new, self.model.generation_config.eos_token_id, self.tok.pad_token_id)
+        return ([[t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch))],
+                count_new_tokens(new, self.eos_ids))
 
 
-def count_new_tokens(new, eos, pad) -> int:
+def count_new_tokens(new, eos_ids: list[int]) -> int:
     """Generated tokens up to and including the first EOS of each row; padding after it is not work done."""
     import torch
 
-    eos_ids = torch.tensor(list(eos) if isinstance(eos, (list, tuple)) else [eos if eos is not None else pad])
-    is_end = torch.isin(new, eos_ids)
+    is_end = torch.isin(new, torch.tensor(eos_ids))
     after_end = (is_end.cumsum(dim=1) - is_end.int()) > 0
     return int((~after_end).sum())
+
+
+def batches(ids: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+    """Indices of `ids` in batches of similar length: at most `batch_size` prompts, and at most BATCH_TOKENS
+    (prompts x (longest prompt + max_new_tokens)), so that a batch of long prompts stays within memory."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(ids)), key=lambda i: len(ids[i])):
+        # Sorted by length: prompt i is the longest of the batch it joins.
+        if out and len(out[-1]) < batch_size and \
+                (len(out[-1]) + 1) * (len(ids[i]) + max_new_tokens) <= BATCH_TOKENS:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 class LocalGenerator:
@@ -300,23 +336,11 @@ class LocalGenerator:
                 "top_p": c.top_p, "max_new_tokens": c.max_new_tokens, "seed": c.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def _kwargs(self, n: int) -> dict:
-        c = self.config
-        if c.temperature > 0:
-            return {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p,
-                    "max_new_tokens": c.max_new_tokens}
-        # Greedy would give the same answer twice; the two best beams differ by construction.
-        return {"do_sample": False, "num_beams": max(n, 1), "max_new_tokens": c.max_new_tokens}
-
     def _answers(self, lm: _LM, ids: list[list[int]], n: int) -> list[list[str]]:
-        """n answers per prompt, batch_size prompts per forward pass, similar lengths batched together
-        so little compute goes into padding."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        """n answers per prompt, similar lengths batched together so little compute goes into padding."""
         result: list[list[str]] = [[] for _ in ids]
-        size = max(self.config.batch_size, 1)
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
-            texts, tokens = lm.sample([ids[i] for i in chunk], n, self._kwargs(n))
+        for chunk in batches(ids, self.config.batch_size, self.config.max_new_tokens):
+            texts, tokens = lm.sample([ids[i] for i in chunk], n, self.config)
             self.new_tokens += tokens
             for i, answers in zip(chunk, texts):
                 result[i] = answers

@@ -153,8 +153,8 @@ def test_count_new_tokens_stops_at_eos():
     import torch
 
     new = torch.tensor([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
-    assert count_new_tokens(new, eos=2, pad=0) == 3 + 5 + 1
-    assert count_new_tokens(new, eos=[2, 9], pad=0) == 3 + 5 + 1
+    assert count_new_tokens(new, [2]) == 3 + 5 + 1
+    assert count_new_tokens(new, [2, 9]) == 3 + 5 + 1
 
 
 def test_missing_models_raise_clear_errors(tmp_path, monkeypatch):
@@ -327,3 +327,13 @@ def test_openai_needs_a_base_url():
 def test_candidates_shape():
     c = Candidates(prompt="p", answers=("a", "b"))
     assert c.error is None and c.truncated is False
+
+
+def test_batches_group_similar_lengths_and_bound_the_tokens_of_long_prompts():
+    ids = [[0] * n for n in (10, 9000, 20, 5, 8000, 30, 8500)]
+    got = gen.batches(ids, batch_size=3, max_new_tokens=128)
+    assert sorted(i for batch in got for i in batch) == list(range(len(ids)))
+    assert got == [[3, 0, 2], [5, 4], [6, 1]]  # shortest first, at most batch_size prompts
+    for batch in got:
+        assert len(batch) * (max(len(ids[i]) for i in batch) + 128) <= gen.BATCH_TOKENS or len(batch) == 1
+    assert max(len(b) for b in gen.batches(ids, batch_size=64, max_new_tokens=128)) == 4
