@@ -61,7 +61,7 @@ def report_command(args, settings: Settings) -> int:
         pairs = pairs_from_tasks(tasks, fields)
         if len(pairs) >= 8:
             features = pair_features(pairs, settings.reward_base_model, settings.reward_max_length,
-                                     model_dir / "feature-cache")
+                                     settings.reward_pooling, model_dir / "feature-cache")
     out = Path(args.output)
     title = f"Project {project}: preference collection" if project is not None else "Preference collection report"
     build_report(tasks, fields, versions, out, title=title, simulation=load_simulation(args.simulation),

@@ -72,6 +72,7 @@ OPTIONS: tuple[Option, ...] = (
            "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder."),
     Option("TRAIN_MODE", "fast", "fast (frozen encoder, cached features, seconds) or full (fine-tune, minutes)."),
     Option("REWARD_MAX_LENGTH", "256", "Tokens of prompt+answer the reward model reads."),
+    Option("REWARD_POOLING", "mean", "mean (an added mean-pooling layer, for sentence encoders) or cls (first token)."),
     Option("MIN_NEW_ANNOTATIONS", "1", "Annotation events retrain once this many new annotations exist."),
     Option("PREANNOTATE", "trained", "never, trained (once held-out accuracy >= PREANNOTATE_MIN_ACCURACY) or always."),
     Option("PREANNOTATE_MIN_ACCURACY", "0.6", "Held-out accuracy a version needs before its guesses are shown."),
@@ -115,6 +116,7 @@ class Settings:
     reward_base_model: str
     train_mode: str
     reward_max_length: int
+    reward_pooling: str
     min_new_annotations: int
     preannotate: str
     preannotate_min_accuracy: float
@@ -230,6 +232,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reward_base_model=raw("REWARD_BASE_MODEL"),
         train_mode=choice("TRAIN_MODE", ("fast", "full")),
         reward_max_length=integer("REWARD_MAX_LENGTH", 16),
+        reward_pooling=choice("REWARD_POOLING", ("mean", "cls")),
         min_new_annotations=integer("MIN_NEW_ANNOTATIONS", 1),
         preannotate=choice("PREANNOTATE", ("never", "trained", "always")),
         preannotate_min_accuracy=number("PREANNOTATE_MIN_ACCURACY", 0.0, 1.0),
@@ -254,4 +257,5 @@ def train_config(settings: Settings):
 
     return TrainConfig(
         base_model=settings.reward_base_model, mode=settings.train_mode, max_length=settings.reward_max_length,
-        threads=settings.torch_threads, feature_cache_dir=settings.model_dir / "feature-cache")
+        pooling=settings.reward_pooling, threads=settings.torch_threads,
+        feature_cache_dir=settings.model_dir / "feature-cache")

@@ -111,15 +111,15 @@ def load_simulation(path=None) -> dict | None:
         return None
 
 
-def pair_features(pairs, base_model: str, max_length: int, cache_dir=None):
+def pair_features(pairs, base_model: str, max_length: int, pooling: str, cache_dir=None):
     """Fast-mode features (frozen encoder, first token) of each pair's chosen and rejected answer, through
     training's FeatureCache: with training's cache folder, pairs it has seen cost nothing."""
-    from model.reward import load_classifier, load_tokenizer, resolve_base_model
-    from model.training import FeatureCache
+    from model.reward import resolve_base_model
+    from model.training import FeatureCache, load_reward_base
 
     base = resolve_base_model(base_model)
-    model, tokenizer = load_classifier(base), load_tokenizer(base)
-    feats, _ = FeatureCache(base, max_length, cache_dir).compute(
+    model, tokenizer, pooling = load_reward_base(base, pooling)
+    feats, _ = FeatureCache(base, max_length, pooling, cache_dir).compute(
         model, tokenizer, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
         max_length, 32, lambda fraction, message: None)
     feats = feats.numpy()
@@ -530,7 +530,7 @@ def write_report(settings, project: int, tasks: list[dict], fields: TaskFields, 
         pairs = pairs_from_tasks(tasks, fields)
         if len(pairs) >= 8:
             features = pair_features(pairs, settings.reward_base_model, settings.reward_max_length,
-                                     settings.model_dir / "feature-cache")
+                                     settings.reward_pooling, settings.model_dir / "feature-cache")
     path = report_path(settings.model_dir, project)
     build_report(tasks, fields, load_versions(settings.model_dir, project), path,
                  title=f"Project {project}: preference collection", simulation=load_simulation(simulation_path),

@@ -45,11 +45,12 @@ def score_saved(folder: Path, test) -> dict:
     return test_accuracy([c - x for c, x in zip(r[:len(test)], r[len(test):])])
 
 
-def run_ours(mode: str, train, test, args, work: Path, cache: Path | None) -> dict:
+def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean") -> dict:
     from model.reward import TrainConfig
     from model.training import train_reward_model
 
     config = TrainConfig(base_model=args.base_model, mode=mode, max_length=args.max_length, threads=args.threads,
+                         pooling=pooling,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
@@ -104,17 +105,18 @@ def run_trl(train, test, args, work: Path) -> dict:
     return {"seconds": seconds, "kept": kept, **test_accuracy(margins)}
 
 
-def section_fast(train, test, args, work, results):
+def section_fast(train, test, args, work, results, pooling="mean"):
+    key = "fast" if pooling == "mean" else f"fast-{pooling}"
     cache = work / "feature-cache"
-    log("fast mode, empty feature cache")
-    first = run_ours("fast", train, test, args, work, cache)
-    log("fast mode, retrain with every feature cached")
-    again = run_ours("fast", train, test, args, work, cache)
-    results["fast"] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
-                       "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
-                       "val_accuracy": first["metrics"]["val_accuracy"],
-                       "best_epoch": first["metrics"]["best_epoch"], **score_saved(first["folder"], test)}
-    log(f"fast: {results['fast']}")
+    log(f"{key}: fast mode, {pooling} pooling, empty feature cache")
+    first = run_ours("fast", train, test, args, work, cache, pooling)
+    log(f"{key}: retrain with every feature cached")
+    again = run_ours("fast", train, test, args, work, cache, pooling)
+    results[key] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
+                    "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
+                    "val_accuracy": first["metrics"]["val_accuracy"], "pooling": first["metrics"]["pooling"],
+                    "best_epoch": first["metrics"]["best_epoch"], **score_saved(first["folder"], test)}
+    log(f"{key}: {results[key]}")
 
 
 def section_trl(train, test, args, work, results):
@@ -127,12 +129,14 @@ def section_full(train, test, args, work, results):
     log("full mode")
     full = run_ours("full", train, test, args, work, None)
     results["full"] = {"seconds": full["seconds"], "epochs": full["metrics"]["epochs"],
+                       "pooling": full["metrics"]["pooling"],
                        "n_train": full["metrics"]["n_train"], "best_epoch": full["metrics"]["best_epoch"],
                        "val_accuracy": full["metrics"]["val_accuracy"], **score_saved(full["folder"], test)}
     log(f"full: {results['full']}")
 
 
-SECTIONS = {"fast": section_fast, "trl": section_trl, "full": section_full}
+SECTIONS = {"fast": section_fast, "fast-cls": lambda *a: section_fast(*a, pooling="cls"), "trl": section_trl,
+            "full": section_full}
 
 
 def fmt_row(name, acc, seconds, note) -> str:
@@ -152,7 +156,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
-    parser.add_argument("--only", default="fast,trl,full", help="comma-separated subset of fast,trl,full")
+    parser.add_argument("--only", default="fast,trl,full",
+                        help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
+                             "instead of mean pooling), trl, full")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.data is None:
@@ -167,7 +173,7 @@ def main() -> int:
         parser.error(f"{args.data} has {len(pairs)} pairs, fewer than --train + --test")
     train, test = pairs[:args.train], pairs[-args.test:]
     which = [name.strip() for name in args.only.split(",")]
-    unknown = set(which) - {"fast", "trl", "full"}
+    unknown = set(which) - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
@@ -191,19 +197,21 @@ def main() -> int:
           f"max_length {args.max_length}, {args.threads} threads, {results['date']}\n")
     print("| method | test accuracy [95% CI] | train time (s) | notes |\n|---|---|---|---|")
     print(fmt_row("shorter answer wins", results["shorter_wins"], "0", "baseline, no model"))
-    if "fast" in results:
-        f = results["fast"]
-        print(fmt_row("fast mode (frozen encoder, cached features)", f,
-                      f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); {f['retrain_seconds']:.1f} "
-                      "cached retrain", f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+    for key in ("fast", "fast-cls"):
+        if key in results:
+            f = results[key]
+            print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling)", f,
+                          f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
+                          f"{f['retrain_seconds']:.1f} cached retrain",
+                          f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     if "trl" in results:
         t = results["trl"]
         print(fmt_row("TRL 1.16 RewardTrainer (1 epoch, defaults)", t, f"{t['seconds']:.0f}",
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
     if "full" in results:
         f = results["full"]
-        print(fmt_row(f"full mode ({f['epochs']} epochs, bf16 autocast)", f, f"{f['seconds']:.0f}",
-                      f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+        print(fmt_row(f"full mode ({f['epochs']} epochs, bf16 autocast, {f['pooling']} pooling)", f,
+                      f"{f['seconds']:.0f}", f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     save()
     return 0
 

@@ -49,25 +49,25 @@ def load_pairs(path: Path):
     return [split_hh(r["chosen"], r["rejected"]) for r in rows]
 
 
-def features(pairs, cache: Path, base_model: str, max_length: int) -> dict:
+def features(pairs, cache: Path, base_model: str, max_length: int, pooling: str) -> dict:
     """{"chosen", "rejected": (n, hidden) first-token features; "pooler_w", "pooler_b"}, cached in one .npz."""
-    digest = hashlib.sha256(json.dumps([base_model, max_length, [(p.prompt, p.chosen, p.rejected) for p in pairs]])
-                            .encode()).hexdigest()[:16]
+    texts = [(p.prompt, p.chosen, p.rejected) for p in pairs]
+    digest = hashlib.sha256(json.dumps([base_model, max_length, pooling, texts]).encode()).hexdigest()[:16]
     path = cache / f"hh-features-{digest}.npz"
     if path.is_file():
         return dict(np.load(path))
-    from model.reward import load_classifier, load_tokenizer, resolve_base_model
-    from model.training import FeatureCache
+    from model.reward import resolve_base_model
+    from model.training import FeatureCache, load_reward_base
 
     base = resolve_base_model(base_model)
-    model, tokenizer = load_classifier(base), load_tokenizer(base)
+    model, tokenizer, pooling = load_reward_base(base, pooling)
     n = len(pairs)
     started = time.perf_counter()
 
     def progress(fraction, message):
         print(f"\r  features: {message} ({time.perf_counter() - started:.0f} s)", end="", file=sys.stderr)
 
-    feats, _ = FeatureCache(base, max_length, None).compute(
+    feats, _ = FeatureCache(base, max_length, pooling, None).compute(
         model, tokenizer, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
         max_length, 32, progress)
     print(file=sys.stderr)
@@ -290,6 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=int, default=50, help="labels between retrains")
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                        help="encoder features as fast mode reads them (the committed results used cls)")
     parser.add_argument("--head", choices=("linear", "fast-mode"), default="linear",
                         help="linear: only the classifier layer on the frozen pooler (ms per retrain; default); "
                              "fast-mode: pooler and classifier, exactly as training (slow: ~1,000 steps a retrain)")
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     pairs = load_pairs(args.data)[:POOL + TEST]
-    feats = features(pairs, args.cache, args.base_model, args.max_length)
+    feats = features(pairs, args.cache, args.base_model, args.max_length, args.pooling)
     feature_seconds = time.perf_counter() - started
     print(f"features ready in {feature_seconds:.0f} s ({feats['chosen'].shape})", file=sys.stderr)
     if args.features_only:
@@ -327,7 +329,8 @@ def main(argv=None) -> int:
     result = {
         "question": "Does uncertainty ordering save labels?", "goal_saving": 0.25,
         "date": datetime.date.today().isoformat(), "data": str(args.data), "pool": POOL, "test": TEST,
-        "step": args.step, "seeds": args.seeds, "head": args.head, "base_model": args.base_model, "max_length": args.max_length,
+        "step": args.step, "seeds": args.seeds, "head": args.head, "base_model": args.base_model,
+        "max_length": args.max_length, "pooling": args.pooling,
         "sizes": sizes, "runs": curves, **summary,
         "seconds": round(time.perf_counter() - started, 1), "feature_seconds": round(feature_seconds, 1),
         "command": "python benchmarks/simulate_uncertainty.py " + " ".join(argv if argv is not None else sys.argv[1:]),

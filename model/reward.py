@@ -26,6 +26,7 @@ ZERO_SHOT_SCALE = 5.0  # cosine similarity -> reward; a 0.2 similarity gap gives
 class TrainConfig:
     base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
     mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
+    pooling: str = "mean"             # "mean": read the encoder by mean pooling (model/pooling.py); "cls"
     max_length: int = 256             # tokens of prompt+answer
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)

@@ -1,9 +1,10 @@
 """Bradley-Terry reward-model training: loss = -log sigmoid(r_chosen - r_rejected [- margin]).
 
 Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
-* fast: the encoder is frozen; its last-layer first-token ([CLS]) hidden state per (prompt, answer) is
-  computed once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier)
-  trains on those features, so the saved model is the unchanged architecture and scores identically.
+* fast: the encoder is frozen; its last-layer first-token hidden state per (prompt, answer) is computed
+  once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
+  those features, so the saved model is the unchanged architecture and scores identically. With
+  pooling="mean" (the default) that first token is the mean of the tokens (model/pooling.py).
 * full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast.
 The best epoch by held-out loss is kept; fast mode stops early once it stops improving.
 """
@@ -24,10 +25,12 @@ from typing import Callable
 
 from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
 from model.pairs import PreferencePair
+from model.pooling import add_mean_pooling_layer
 from model.reward import (REWARD_CONFIG, RewardModel, TrainConfig, encode_pairs, load_classifier,
                           load_tokenizer, resolve_base_model)
 
 Progress = Callable[[float, str], None]
+MAX_SHARDS = 16  # feature-cache shards on disk before they are merged into one
 
 
 def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list, list]:
@@ -66,21 +69,34 @@ def _margin_loss(margins, config: TrainConfig) -> float:
     return -F.logsigmoid(torch.as_tensor(margins, dtype=torch.float32) - config.margin).mean().item()
 
 
+def load_reward_base(base_path: str, pooling: str):
+    """(model, tokenizer, pooling) that training starts from: the base as a one-label classifier, read by
+    mean pooling when asked and its layers allow it (the pooling it got is returned)."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"unknown pooling {pooling!r}: use 'mean' or 'cls'")
+    tokenizer = load_tokenizer(base_path)
+    model = load_classifier(base_path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    pooled = pooling == "mean" and add_mean_pooling_layer(model)
+    return model, tokenizer, "mean" if pooled else "cls"
+
+
 # ---------------------------------------------------------------- fast mode: cached frozen features
 
 class FeatureCache:
     """First-token hidden states of a frozen encoder, keyed by sha256(prompt, answer).
 
     On disk (optional) under <dir>/<model key>/, where the model key hashes the base model, its weight
-    files' size and mtime, and max_length. Each run appends one shard file written to a temp name and
+    files' size and mtime, max_length and pooling. Each run appends one shard file written to a temp name and
     renamed, so concurrent workers never read a partial shard and never overwrite each other.
     """
 
-    def __init__(self, base_path: str, max_length: int, folder: Path | None):
+    def __init__(self, base_path: str, max_length: int, pooling: str, folder: Path | None):
         self.features: dict[str, object] = {}
         self.folder = None
         if folder is not None:
-            self.folder = Path(folder) / _model_key(base_path, max_length)
+            self.folder = Path(folder) / _model_key(base_path, f"{max_length}|{pooling}")
             for shard in sorted(self.folder.glob("shard-*.pt")):
                 self._load_shard(shard)
 
@@ -118,15 +134,35 @@ class FeatureCache:
                 progress(min(start + batch_size, len(todo)) / len(todo), f"encoded {start + len(idx)}/{len(todo)}")
         if new_keys and self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f"tmp-{uuid.uuid4().hex}.part"
-            with open(tmp, "wb") as f:
-                torch.save({"keys": new_keys, "features": torch.stack(new_feats)}, f)
-            os.replace(tmp, self.folder / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.pt")
+            self._write_shard(new_keys, torch.stack(new_feats))
+            self._compact()
         return torch.stack([self.features[k] for k in keys]), len(todo)
 
+    def _write_shard(self, keys: list[str], features) -> None:
+        import torch
 
-def _model_key(base_path: str, max_length: int) -> str:
-    parts = [base_path, str(max_length)]
+        tmp = self.folder / f"tmp-{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as f:
+            torch.save({"keys": keys, "features": features}, f)
+        os.replace(tmp, self.folder / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.pt")
+
+    def _compact(self) -> None:
+        """A retrain per annotation adds a shard per annotation: past MAX_SHARDS, merge them into one.
+        The merged shard is in place before any shard it holds is deleted, and a shard another process
+        writes meanwhile is not touched, so no feature is ever lost (at worst some are stored twice)."""
+        import torch
+
+        shards = sorted(self.folder.glob("shard-*.pt"))
+        if len(shards) <= MAX_SHARDS:
+            return
+        keys = list(self.features)
+        self._write_shard(keys, torch.stack([self.features[k] for k in keys]))
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+
+
+def _model_key(base_path: str, variant: str) -> str:
+    parts = [base_path, variant]
     folder = Path(base_path)
     if folder.is_dir():  # a changed checkpoint at the same path must not reuse old features
         for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
@@ -159,7 +195,7 @@ def _train_fast(model, tokenizer, train, val, config, progress, out):
     import torch
 
     base_path = resolve_base_model(config.base_model)
-    cache = FeatureCache(base_path, config.max_length, config.feature_cache_dir)
+    cache = FeatureCache(base_path, config.max_length, out["pooling"], config.feature_cache_dir)
     everything = train + val
     prompts = [p.prompt for p in everything] * 2
     answers = [p.chosen for p in everything] + [p.rejected for p in everything]
@@ -332,14 +368,11 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     started = time.perf_counter()
     report(0.0, "loading base model")
     base_path = resolve_base_model(config.base_model)
-    tokenizer = load_tokenizer(base_path)
     torch.manual_seed(config.seed)  # the classifier's fresh initialization
-    model = load_classifier(base_path)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
     train, val = split_pairs(pairs, config)
 
-    extra: dict = {}
+    extra: dict = {"pooling": pooling}
     trainer = _train_fast if config.mode == "fast" else _train_full
     history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
     train_seconds = time.perf_counter() - started

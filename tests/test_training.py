@@ -77,12 +77,14 @@ def test_training_learns_the_known_preference(encoder, pairs, tmp_path, mode):
     assert not torch.equal(trained, before.model.classifier.weight)
 
 
-@pytest.mark.parametrize("mode", ["fast", "full"])
-def test_saved_folder_is_a_stock_model_scoring_like_reward_model(encoder, pairs, tmp_path, mode):
-    train_reward_model(pairs[:60], config(encoder, mode, epochs=2), tmp_path)
+@pytest.mark.parametrize("mode,pooling", [("fast", "mean"), ("full", "mean"), ("fast", "cls")])
+def test_saved_folder_is_a_stock_model_scoring_like_reward_model(encoder, pairs, tmp_path, mode, pooling):
+    metrics = train_reward_model(pairs[:60], config(encoder, mode, epochs=2, pooling=pooling), tmp_path)
     rm = RewardModel.load(tmp_path)
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(stock).__name__ == "BertForSequenceClassification"
+    assert metrics["pooling"] == pooling
+    assert stock.config.num_hidden_layers == 2 + (pooling == "mean")  # the tiny encoder has 2
     prompts = [p.prompt for p in pairs[:8]]
     answers = [p.chosen for p in pairs[:8]]
     from model.reward import encode_pairs
@@ -112,7 +114,28 @@ def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):
     second = train_reward_model(pairs[:40], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
                                 tmp_path / "b")
     assert second["features_encoded"] == 20  # only the 10 new pairs' two answers
+    (tmp_path / "c").mkdir()
+    other = train_reward_model(pairs[:30], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir,
+                                                  pooling="cls"), tmp_path / "c")
+    assert other["features_encoded"] == 60  # another pooling gives other features
     assert FeatureCache.key("ab", "c") != FeatureCache.key("a", "bc")
+
+
+def test_feature_cache_merges_its_shards_and_keeps_every_feature(encoder, pairs, tmp_path, monkeypatch):
+    import model.training as training
+
+    monkeypatch.setattr(training, "MAX_SHARDS", 3)
+    cache_dir = tmp_path / "cache"
+    for n in range(1, 6):  # five runs, one new pair each: five shards, merged after the fourth
+        out = tmp_path / str(n)
+        out.mkdir()
+        metrics = train_reward_model(pairs[:n], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir), out)
+        assert metrics["features_encoded"] == 2
+    assert len(list(cache_dir.rglob("shard-*.pt"))) <= 3
+    (tmp_path / "all").mkdir()
+    again = train_reward_model(pairs[:5], config(encoder, "fast", epochs=1, feature_cache_dir=cache_dir),
+                               tmp_path / "all")
+    assert again["features_encoded"] == 0
 
 
 def test_few_pairs_train_on_all_without_val(encoder, pairs, tmp_path):
@@ -134,3 +157,5 @@ def test_no_pairs_and_bad_mode_raise(encoder, tmp_path):
         train_reward_model([], TrainConfig(base_model=encoder), tmp_path)
     with pytest.raises(ValueError, match="mode"):
         train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, mode="slow"), tmp_path)
+    with pytest.raises(ValueError, match="pooling"):
+        train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, pooling="max"), tmp_path)

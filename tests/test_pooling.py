@@ -1,0 +1,49 @@
+"""The mean-pooling layer: a stock BERT layer whose [CLS] output is LayerNorm(mean of the tokens)."""
+
+from __future__ import annotations
+
+import torch
+from tiny_models import build_tokenizer, tiny_encoder
+from transformers import AutoModelForSequenceClassification
+
+from model.pooling import add_mean_pooling_layer
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Write a poem.", "What is the capital of France?"]
+
+
+def test_first_token_becomes_the_layer_normed_mean_of_the_unpadded_tokens(tmp_path):
+    folder = tiny_encoder(tmp_path / "enc", seed=1)
+    tok = build_tokenizer()
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    assert (enc["attention_mask"] == 0).any()  # padding must not count in the mean
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hidden = model.base_model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        expected = torch.nn.functional.layer_norm((hidden * mask).sum(1) / mask.sum(1), hidden.shape[-1:])
+        assert add_mean_pooling_layer(model)
+        pooled = model.base_model(**enc).last_hidden_state[:, 0]
+    torch.testing.assert_close(pooled, expected, atol=2e-3, rtol=1e-3)
+
+
+def test_the_pooled_model_saves_and_loads_as_a_stock_classifier_and_is_not_pooled_twice(tmp_path):
+    folder = tiny_encoder(tmp_path / "enc", seed=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    layers = model.config.num_hidden_layers
+    add_mean_pooling_layer(model)
+    model.save_pretrained(tmp_path / "pooled")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pooled").eval()
+    assert type(loaded) is type(model) and loaded.config.num_hidden_layers == layers + 1
+    enc = build_tokenizer()(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**enc).logits, model(**enc).logits)
+    assert add_mean_pooling_layer(loaded) and loaded.config.num_hidden_layers == layers + 1
+
+
+def test_models_without_bert_layers_are_left_alone():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                       num_hidden_layers=1, num_attention_heads=2))
+    assert not add_mean_pooling_layer(model)
+    assert model.config.num_hidden_layers == 1
