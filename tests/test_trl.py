@@ -1,0 +1,49 @@
+"""The RL step's side: TRL 1.16's RewardTrainer trains on the `export` JSONL as written, starting from a
+version folder this project saved (mean-pooling layer included)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from datasets import load_dataset
+from test_cli_reward import FIXTURES, run, synthetic
+from tiny_models import tiny_encoder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl import RewardConfig, RewardTrainer
+
+from model.pairs import read_pairs, write_trl_jsonl
+from model.reward import TrainConfig
+from model.training import train_reward_model
+
+
+def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(tmp_path, capsys):
+    exported = tmp_path / "pairs.jsonl"
+    code, _ = run(["export", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "-o", str(exported)],
+                  tmp_path, capsys)
+    assert code == 0
+    more = tmp_path / "more.jsonl"  # a few more rows in the same form, so training takes several steps
+    write_trl_jsonl(synthetic(10), more)
+    rows = exported.read_text() + more.read_text()
+    exported.write_text(rows)
+
+    version = tmp_path / "v1"
+    version.mkdir()
+    train_reward_model(synthetic(40), TrainConfig(base_model=str(tiny_encoder(tmp_path / "enc")), epochs=2,
+                                                  max_length=48, threads=1), version)
+    model = AutoModelForSequenceClassification.from_pretrained(version)
+    tokenizer = AutoTokenizer.from_pretrained(version)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    data = load_dataset("json", data_files=str(exported), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert len(data) == len(read_pairs(exported)) == 12
+    config = RewardConfig(output_dir=str(tmp_path / "trl"), max_length=64, per_device_train_batch_size=4,
+                          max_steps=3, learning_rate=1e-3, report_to="none", save_strategy="no",
+                          logging_steps=1, use_cpu=True, dataloader_num_workers=0, seed=0)
+    trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    result = trainer.train()
+
+    assert result.global_step == 3 and math.isfinite(result.training_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert json.loads(exported.read_text().splitlines()[0])["chosen"] == "changed too"
