@@ -52,6 +52,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
     config = TrainConfig(base_model=args.base_model, mode=mode, max_length=args.max_length, threads=args.threads,
                          pooling=pooling,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
+                         learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
     last = [0.0]
@@ -129,6 +130,7 @@ def section_full(train, test, args, work, results):
     log("full mode")
     full = run_ours("full", train, test, args, work, None)
     results["full"] = {"seconds": full["seconds"], "epochs": full["metrics"]["epochs"],
+                       "learning_rate": full["metrics"]["learning_rate"],
                        "pooling": full["metrics"]["pooling"],
                        "n_train": full["metrics"]["n_train"], "best_epoch": full["metrics"]["best_epoch"],
                        "val_accuracy": full["metrics"]["val_accuracy"], **score_saved(full["folder"], test)}
@@ -155,6 +157,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
+    parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
     parser.add_argument("--only", default="fast,trl,full",
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
@@ -210,7 +213,7 @@ def main() -> int:
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
     if "full" in results:
         f = results["full"]
-        print(fmt_row(f"full mode ({f['epochs']} epochs, bf16 autocast, {f['pooling']} pooling)", f,
+        print(fmt_row(f"full mode ({f['epochs']} epochs, lr {f['learning_rate']:g}, bf16 autocast, {f['pooling']} pooling)", f,
                       f"{f['seconds']:.0f}", f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     save()
     return 0
