@@ -27,6 +27,15 @@ def left_padded(tok, prompts):
     return tok(prompts, return_tensors="pt", padding=True)
 
 
+@pytest.fixture(scope="module")
+def fast(tiny):
+    """The tiny model on the fast decoding path, and the three prompts left-padded."""
+    folder, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert use_fast_decoding(model)
+    return model, left_padded(tok, PROMPTS)
+
+
 def test_greedy_decoding_matches_generate_token_for_token(tiny):
     folder, tok = tiny
     reference = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -66,11 +75,8 @@ def greedy(model, enc, max_new_tokens, **kwargs):
                       sampling=Sampling(temperature=0), **{"eos_ids": [-1], "pad_id": 0, **kwargs})
 
 
-def test_rows_that_end_stop_and_the_others_go_on_unchanged(tiny):
-    folder, tok = tiny
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    use_fast_decoding(model)
-    enc = left_padded(tok, PROMPTS)
+def test_rows_that_end_stop_and_the_others_go_on_unchanged(fast):
+    model, enc = fast
     full = greedy(model, enc, 12)
     eos = int(full[0, 3])  # make row 0's fourth token its EOS: the batch then drops that row and goes on
     out = greedy(model, enc, 12, eos_ids=[eos], pad_id=-7)
@@ -81,11 +87,8 @@ def test_rows_that_end_stop_and_the_others_go_on_unchanged(tiny):
     assert out[0, 4:].eq(-7).all()
 
 
-def test_the_answers_of_a_prompt_share_its_prefill(tiny):
-    folder, tok = tiny
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    use_fast_decoding(model)
-    enc = left_padded(tok, PROMPTS)
+def test_the_answers_of_a_prompt_share_its_prefill(fast):
+    model, enc = fast
     one = greedy(model, enc, 10)
     three = greedy(model, enc, 10, n=3)
     assert three.tolist() == one.repeat_interleave(3, 0).tolist()
