@@ -5,10 +5,12 @@ Real processes throughout: Label Studio 1.23.2 (in its own venv, as in the end-t
 hh-rlhf pairs become tasks (answer1/answer2, chosen side random) with a Pairwise annotation each.
 
 1. Import --pairs - 1 labelled tasks, --unlabelled tasks with answers and 2 prompt-only tasks (the worker
-   generates their answers, so it holds both default models), then press "Start training": the cold case,
-   every text is encoded.
+   generates their answers, so it holds both default models). The import's own events start a first,
+   cold training (every text encoded; its figures are in that version's metrics.json). Once no job is
+   queued or running, press "Start training".
 2. Annotate one more task through Label Studio's API, --repeats times (LS sends ANNOTATION_CREATED to the
-   backend's webhook): the warm case, --pairs labelled pairs of which all but one have cached features.
+   backend's webhook): about --pairs labelled pairs of which all but one have cached features.
+Each row reports how many texts its training encoded, so a cold or warm run reads as what it was.
 
 A version counts as served when a /predict answers with it (PREANNOTATE=always, so the server shows any
 version). After the runs: /predict latency for one task (sequential requests) and the resident memory of the
@@ -37,9 +39,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import LS_TOKEN, backend_env, poll, start_backend, start_label_studio  # noqa: E402
 from load_predict import rss_mib  # noqa: E402
-
-FIELDS = {"prompt": "prompt", "left": "answer1", "right": "answer2"}
-
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -31,16 +31,13 @@ def add_mean_pooling_layer(model) -> bool:
         return True
     try:
         layers = model.base_model.encoder.layer
-        last = layers[-1]
-        parts = (last.attention.self, last.attention.output, last.intermediate, last.output)
+        layer = copy.deepcopy(layers[-1])
+        attention, attention_out, intermediate, output = (layer.attention.self, layer.attention.output,
+                                                          layer.intermediate, layer.output)
     except (AttributeError, IndexError, TypeError):
         return False
-    attention, attention_out, intermediate, output = parts
     if hasattr(attention, "distance_embedding") or not hasattr(attention, "query"):
         return False
-    layer = copy.deepcopy(last)
-    attention, attention_out, intermediate, output = (layer.attention.self, layer.attention.output,
-                                                      layer.intermediate, layer.output)
     width = attention.value.weight.shape[0]
     with torch.no_grad():
         for linear in (attention.query, attention.key, intermediate.dense, output.dense):
