@@ -75,6 +75,10 @@ def train_command(args, settings: Settings) -> int:
     config = dataclasses.replace(train_config(settings), **{k: v for k, v in overrides.items() if v is not None})
     if args.no_bf16:
         config = dataclasses.replace(config, bf16=False)
+    if args.average_epochs is not None:
+        config = dataclasses.replace(config, average_epochs=args.average_epochs or None)
+    if args.dropout:
+        config = dataclasses.replace(config, dropout=True)
     store = VersionStore(Path(args.out) if args.out else settings.model_dir)
     project = CLI_PROJECT if args.out else args.project
     bar, progress = _bar(f"training ({config.mode})")
@@ -165,6 +169,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="split, shuffling and head initialization seed (default 0)")
     p.add_argument("--label-config", metavar="XML", help="the project's label config, for renamed fields")
     p.add_argument("--no-bf16", action="store_true", help="full mode: train in fp32 instead of bf16 autocast")
+    p.add_argument("--average-epochs", type=float, metavar="N",
+                   help="full mode: save a moving average of the weights over about N epochs (default 0.7; "
+                        "0: the last weights)")
+    p.add_argument("--dropout", action="store_true", help="full mode: fine-tune with the encoder's dropout on "
+                   "(off by default, as in TRL)")
     p.set_defaults(handler=train_command)
 
     p = subparsers.add_parser(

@@ -41,6 +41,9 @@ class TrainConfig:
     min_val_pairs: int = 10           # fewer pairs than this: train on all, val_accuracy=None
     seed: int = 0
     train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
+    average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
+    #                                     many epochs and save that (None: the last weights)
+    dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
     bf16: bool = True                 # full mode: bf16 autocast for training steps (~2x on AVX-512 bf16 CPUs)
     eval_batch_size: int = 32
 
@@ -182,12 +185,14 @@ class RewardModel:
 
     def _encode(self, prompts, answers):
         with self._tokenizer_lock:
-            return encode_pairs(self.tokenizer, prompts, answers, self.max_length)
+            enc = encode_pairs(self.tokenizer, prompts, answers, self.max_length)
+        return enc.to(self.model.device)  # a model in training may be on a GPU
 
     def _embed(self, texts: list[str]):
         with self._tokenizer_lock:
             enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
                                  return_tensors="pt")
+        enc = enc.to(self.model.device)
         out = self.model(**enc).last_hidden_state
         return _mean_pool(out, enc["attention_mask"])
 

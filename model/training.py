@@ -5,8 +5,11 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
   those features, so the saved model is the unchanged architecture and scores identically. With
   pooling="mean" (the default) that first token is the mean of the tokens (model/pooling.py).
-* full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast.
-The best epoch by held-out loss is kept; fast mode stops early once it stops improving.
+* full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast and without
+  dropout (as TRL does); what is saved is a moving average of the weights.
+The best point by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full:
+per half epoch). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
+mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import random
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -126,7 +129,7 @@ class FeatureCache:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
                 enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [answers[i] for i in idx], max_length)
-                hidden = encoder(**enc).last_hidden_state[:, 0].clone()
+                hidden = encoder(**enc.to(model.device)).last_hidden_state[:, 0].float().cpu().clone()
                 for i, h in zip(idx, hidden):
                     self.features[keys[i]] = h
                     new_keys.append(keys[i])
@@ -204,6 +207,7 @@ def _train_fast(model, tokenizer, train, val, config, progress, out):
                                      config.eval_batch_size, lambda f, m: progress(0.5 * f, m))
     out["feature_seconds"] = round(time.perf_counter() - started, 2)
     out["features_encoded"] = n_encoded
+    model.to("cpu")  # the head fit below works on the cached (CPU) features
     n = len(everything)
     chosen, rejected = feats[:n], feats[n:2 * n]
     t_idx, v_idx = torch.arange(len(train)), torch.arange(len(train), n)
@@ -292,53 +296,104 @@ def _length_batches(pairs: list, batch: int, rng: random.Random) -> list[list]:
     return batches
 
 
+class _WeightAverage:
+    """Exponential moving average of the trainable weights over about `horizon` steps. Averaging a
+    fine-tuning trajectory generalises better than its last point (SWA; for reward models, WARM), and the
+    start's weight (decay^steps) pulls toward the pretrained encoder. The result is plain weights: the
+    saved model is still a stock one."""
+
+    def __init__(self, model, horizon: float):
+        self.decay = 1.0 - 1.0 / max(1.0, horizon)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.average = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def update(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, param in self.params.items():
+                self.average[name].lerp_(param.detach(), 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside the block, its own weights again after it."""
+        import torch
+
+        own = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(self.average[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(own[name])
+
+
 def _train_full(model, tokenizer, train, val, config, progress, out):
+    """Fine-tune; every half epoch the held-out loss of the served weights (the moving average, or the
+    model's own with average_epochs=None) is measured and the best point is kept."""
     import torch
 
     _freeze_lower_layers(model, config.train_layers)
+    device = model.device
+    # Older GPUs have no bf16; fp16 would need loss scaling, so they train in fp32.
+    bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.resolved("learning_rate"), weight_decay=config.weight_decay)
     epochs, batch = config.resolved("epochs"), config.resolved("batch_size")
-    steps = epochs * math.ceil(len(train) / batch)
+    per_epoch = math.ceil(len(train) / batch)
+    steps = epochs * per_epoch
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up then linear decay to 0
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    average = _WeightAverage(model, config.average_epochs * per_epoch) if config.average_epochs else None
+    served = average.applied if average else nullcontext
     rng = random.Random(config.seed)
     scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
+    checkpoints = {per_epoch // 2, per_epoch} - {0}  # steps within an epoch after which to measure
 
     def margins(pairs):
         r = scorer.rewards([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
         return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
 
     best, history, step = None, [], 0
-    for epoch in range(1, epochs + 1):
-        total = 0.0
-        for chunk in _length_batches(train, batch, rng):
+    for epoch in range(epochs):
+        total, seen = 0.0, 0
+        for i, chunk in enumerate(_length_batches(train, batch, rng), start=1):
             enc = encode_pairs(tokenizer, [p.prompt for p in chunk] * 2,
                                [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length)
-            model.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                r = model(**enc).logits[:, 0].float()
+            # Without dropout, chosen and rejected are scored by the same network, as they are when served.
+            model.train(config.dropout)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                r = model(**enc.to(device)).logits[:, 0].float()
             loss = _bt_loss(r[:len(chunk)], r[len(chunk):], config)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
+            if average:
+                average.update()
             step += 1
-            total += loss.item() * len(chunk)
-            progress(0.95 * step / steps, f"epoch {epoch}/{epochs} step {step}/{steps}")
-        model.eval()
-        entry = {"epoch": epoch, "train_loss": total / len(train)}
-        if val:
-            entry["val_loss"] = _margin_loss(margins(val)[0], config)
-        history.append(entry)
-        score = entry.get("val_loss", entry["train_loss"])
-        if best is None or score < best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()) if epoch < epochs else None)
-    if best[2] is not None:  # None: the last epoch was best and the model already holds it
-        model.load_state_dict(best[2])
-    out["best_epoch"] = best[1]
+            total, seen = total + loss.item() * len(chunk), seen + len(chunk)
+            progress(0.95 * step / steps, f"epoch {epoch + 1}/{epochs} step {step}/{steps}")
+            if i not in checkpoints:
+                continue
+            model.eval()
+            entry = {"epoch": round(epoch + i / per_epoch, 2), "train_loss": total / seen}
+            total, seen = 0.0, 0
+            with served():
+                if val:
+                    entry["val_loss"] = _margin_loss(margins(val)[0], config)
+                score = entry.get("val_loss", entry["train_loss"])
+                if best is None or score < best[0]:
+                    best = (score, entry["epoch"], {n: p.detach().clone() for n, p in model.named_parameters()})
+            history.append(entry)
+    model.load_state_dict(best[2], strict=False)  # parameters only; buffers never change
+    model.eval()
+    out.update(best_epoch=best[1], average_epochs=config.average_epochs, dropout=config.dropout)
     m, rewards = margins(val or train)
     return history, m, rewards
 
@@ -370,6 +425,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     base_path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)  # the classifier's fresh initialization
     model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     train, val = split_pairs(pairs, config)
 
     extra: dict = {"pooling": pooling}
@@ -378,7 +434,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     train_seconds = time.perf_counter() - started
 
     report(0.96, "saving")
-    model.eval()
+    model.eval().to("cpu")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / REWARD_CONFIG).write_text(json.dumps(

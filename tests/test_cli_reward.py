@@ -88,6 +88,18 @@ def test_train_without_out_writes_into_model_dir(tmp_path, capsys):
     assert "no held-out split" in io.err and len(read_pairs(data)) == 6
 
 
+def test_train_full_mode_options_reach_the_training(tmp_path, capsys):
+    encoder = tiny_encoder(tmp_path / "enc")
+    data = tmp_path / "train.jsonl"
+    write_trl_jsonl(synthetic(24), data)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "store"), "--mode", "full", "--base-model",
+            str(encoder), "--max-length", "32", "--epochs", "1"]
+    for extra, expected in (([], (0.7, False)), (["--average-epochs", "0", "--dropout"], (None, True))):
+        code, io = run(argv + extra, tmp_path, capsys)
+        metrics = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())
+        assert code == 0 and (metrics["average_epochs"], metrics["dropout"]) == expected
+
+
 def test_help_texts(capsys):
     parser = argparse.ArgumentParser(prog="rlhf-backend")
     cli_reward.register(parser.add_subparsers(dest="command"))

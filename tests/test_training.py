@@ -159,3 +159,63 @@ def test_no_pairs_and_bad_mode_raise(encoder, tmp_path):
         train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, mode="slow"), tmp_path)
     with pytest.raises(ValueError, match="pooling"):
         train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, pooling="max"), tmp_path)
+
+
+def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
+    from model.training import _WeightAverage
+
+    layer = torch.nn.Linear(2, 1)
+    frozen = torch.nn.Linear(2, 1)
+    model = torch.nn.Sequential(layer, frozen)
+    frozen.requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    average = _WeightAverage(model, horizon=4)  # decay 0.75
+    assert set(average.average) == {"0.weight", "0.bias"}
+    for value in (1.0, 2.0):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+    expected = (0.0 * 0.75 + 0.25 * 1.0) * 0.75 + 0.25 * 2.0
+    assert average.average["0.weight"] == pytest.approx(torch.full((1, 2), expected))
+    with average.applied():
+        assert torch.allclose(layer.weight, torch.full((1, 2), expected))
+    assert torch.equal(layer.weight, torch.full((1, 2), 2.0))
+
+
+def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path):
+    from model.training import _margin_loss
+
+    cfg = config(encoder, "full", epochs=3)
+    metrics = train_reward_model(pairs[:120], cfg, tmp_path)
+    epochs = [h["epoch"] for h in metrics["history"]]
+    assert len(epochs) == 6 and epochs == sorted(epochs) and epochs[1::2] == [1.0, 2.0, 3.0]  # every half epoch
+    assert metrics["best_epoch"] in epochs
+    assert metrics["val_loss"] == min(h["val_loss"] for h in metrics["history"])
+    _, val = split_pairs(pairs[:120], cfg)
+    rm = RewardModel.load(tmp_path)
+    margins = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
+                                     rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
+    assert _margin_loss(margins, cfg) == pytest.approx(metrics["val_loss"], abs=1e-4)  # the saved model is that point
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_full_mode_trains_without_dropout_unless_asked(encoder, pairs, tmp_path, dropout):
+    """With the weights held still (learning rate 0, no averaging), the training loss over an epoch is
+    the loss of the base model scored as it is served, unless dropout is on."""
+    import torch.nn.functional as F
+
+    from model.training import load_reward_base
+
+    cfg = config(encoder, "full", epochs=1, learning_rate=0.0, average_epochs=None, bf16=False,
+                 val_fraction=0.0, dropout=dropout, pooling="cls")
+    metrics = train_reward_model(pairs[:64], cfg, tmp_path)
+    torch.manual_seed(cfg.seed)  # the same fresh classifier as training drew
+    base, tok, _ = load_reward_base(encoder, "cls")
+    rm = RewardModel(base, tok, cfg.max_length)
+    chosen = torch.tensor(rm.rewards([p.prompt for p in pairs[:64]], [p.chosen for p in pairs[:64]]))
+    rejected = torch.tensor(rm.rewards([p.prompt for p in pairs[:64]], [p.rejected for p in pairs[:64]]))
+    served_loss = -F.logsigmoid(chosen - rejected).mean().item()
+    halves = metrics["history"]
+    epoch_loss = (halves[0]["train_loss"] + halves[1]["train_loss"]) / 2  # two halves of 2 x 16 pairs
+    assert (epoch_loss == pytest.approx(served_loss, abs=1e-6)) != dropout
