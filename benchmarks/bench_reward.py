@@ -6,7 +6,14 @@ Fast mode runs twice: first with an empty feature cache (encoding every text), t
 every feature cached. Accuracy is on the test pairs (ties count half) with a 95% bootstrap interval,
 scored by the SAVED model folder. The machine is shared, so compare figures from one run.
 
+With --seeds 1,2,3, TRL and full mode each train once per seed (initialisation, data order and, for
+ours, the held-out split) and the table adds full mode's gap over TRL on the same test pairs: the mean
+over seeds, and a paired bootstrap interval over the test pairs of the per-pair correctness averaged
+over seeds (much tighter than comparing the two accuracies' own intervals). --resume FILE takes the
+sections an earlier run saved with --json-out and runs only the others.
+
     python benchmarks/bench_reward.py --only fast,trl,full --json-out /tmp/bench-reward.json
+    python benchmarks/bench_reward.py --only trl,full --seeds 1,2,3 --json-out /tmp/seeds.json
 
 TRL needs `pip install trl==1.16.0 datasets` (not a project dependency).
 """
@@ -34,7 +41,21 @@ def test_accuracy(margins) -> dict:
     from model.evaluation import margin_metrics
 
     m = margin_metrics(margins)
-    return {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "ece": m["ece"]}
+    correct = [1.0 if x > 0 else 0.0 if x < 0 else 0.5 for x in margins]
+    return {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "ece": m["ece"],
+            "correct": correct}
+
+
+def paired_gap(ours: list[list[float]], theirs: list[list[float]], n_boot: int = 2000) -> dict:
+    """Accuracy gap (ours - theirs) on the same test pairs: each pair's correctness is averaged over
+    seeds, then the pairs are resampled together (a paired percentile bootstrap)."""
+    import numpy as np
+
+    diff = np.mean(ours, axis=0) - np.mean(theirs, axis=0)
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"gap": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
 
 
 def score_saved(folder: Path, test) -> dict:
@@ -45,12 +66,13 @@ def score_saved(folder: Path, test) -> dict:
     return test_accuracy([c - x for c, x in zip(r[:len(test)], r[len(test):])])
 
 
-def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean") -> dict:
+def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean",
+             seed: int = 0) -> dict:
     from model.reward import TrainConfig
     from model.training import train_reward_model
 
     config = TrainConfig(base_model=args.base_model, mode=mode, max_length=args.max_length, threads=args.threads,
-                         pooling=pooling,
+                         pooling=pooling, seed=seed,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None)
@@ -66,7 +88,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
     return {"folder": out, "metrics": metrics, "seconds": metrics["train_seconds"]}
 
 
-def run_trl(train, test, args, work: Path) -> dict:
+def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     """TRL 1.16 RewardTrainer with its defaults, except: same base model and max length, one epoch, no
     checkpoints. It needs an eos_token for a BERT tokenizer, and it drops pairs longer than max_length."""
     import torch
@@ -78,14 +100,14 @@ def run_trl(train, test, args, work: Path) -> dict:
 
     base = resolve_base_model(args.base_model)
     tok = AutoTokenizer.from_pretrained(base)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     data = Dataset.from_list([{"prompt": p.prompt, "chosen": " " + p.chosen, "rejected": " " + p.rejected}
                               for p in train])
     config = RewardConfig(output_dir=str(work / "trl"), max_length=args.max_length, eos_token=tok.sep_token,
                           num_train_epochs=1, report_to="none", save_strategy="no", logging_steps=20,
-                          use_cpu=True, dataloader_num_workers=0, seed=0)
+                          use_cpu=True, dataloader_num_workers=0, seed=seed)
     trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
     kept = len(trainer.train_dataset)
     started = time.perf_counter()
@@ -120,21 +142,30 @@ def section_fast(train, test, args, work, results, pooling="mean"):
     log(f"{key}: {results[key]}")
 
 
+def brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "correct"}
+
+
 def section_trl(train, test, args, work, results):
-    log("TRL RewardTrainer")
-    results["trl"] = run_trl(train, test, args, work)
-    log(f"trl: {results['trl']}")
+    results["trl"] = []
+    for seed in args.seeds:
+        log(f"TRL RewardTrainer, seed {seed}")
+        results["trl"].append({"seed": seed, **run_trl(train, test, args, work, seed)})
+        log(f"trl: {brief(results['trl'][-1])}")
 
 
 def section_full(train, test, args, work, results):
-    log("full mode")
-    full = run_ours("full", train, test, args, work, None)
-    results["full"] = {"seconds": full["seconds"], "epochs": full["metrics"]["epochs"],
-                       "learning_rate": full["metrics"]["learning_rate"],
-                       "pooling": full["metrics"]["pooling"],
-                       "n_train": full["metrics"]["n_train"], "best_epoch": full["metrics"]["best_epoch"],
-                       "val_accuracy": full["metrics"]["val_accuracy"], **score_saved(full["folder"], test)}
-    log(f"full: {results['full']}")
+    results["full"] = []
+    for seed in args.seeds:
+        log(f"full mode, seed {seed}")
+        full = run_ours("full", train, test, args, work, None, seed=seed)
+        m = full["metrics"]
+        results["full"].append({"seed": seed, "seconds": full["seconds"], "epochs": m["epochs"],
+                                "learning_rate": m["learning_rate"], "pooling": m["pooling"],
+                                "n_train": m["n_train"], "best_epoch": m["best_epoch"],
+                                "val_accuracy": m["val_accuracy"], **score_saved(full["folder"], test)})
+        shutil.rmtree(full["folder"], ignore_errors=True)
+        log(f"full: {brief(results['full'][-1])}")
 
 
 SECTIONS = {"fast": section_fast, "fast-cls": lambda *a: section_fast(*a, pooling="cls"), "trl": section_trl,
@@ -159,6 +190,11 @@ def main() -> int:
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
+    parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                        help="comma-separated seeds: TRL and full mode train once per seed, and the table adds "
+                             "the mean gap between them (default 0)")
+    parser.add_argument("--resume", type=Path,
+                        help="results JSON of an earlier run (--json-out): keep its sections, run the rest")
     parser.add_argument("--only", default="fast,trl,full",
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
                              "instead of mean pooling), trl, full")
@@ -182,6 +218,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     results: dict = {"data": str(args.data), "train": len(train), "test": len(test), "max_length": args.max_length,
                      "base_model": args.base_model, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.resume:
+        results.update({k: v for k, v in json.loads(args.resume.read_text()).items() if k in SECTIONS})
     shorter = [(len(p.rejected) > len(p.chosen)) - (len(p.rejected) < len(p.chosen)) for p in test]
     results["shorter_wins"] = test_accuracy(shorter)
 
@@ -191,6 +229,9 @@ def main() -> int:
 
     try:
         for name in which:  # in the order given, so the most wanted figures come first
+            if name in results:
+                log(f"{name}: kept from {args.resume}")
+                continue
             SECTIONS[name](train, test, args, work, results)
             save()
     finally:
@@ -207,14 +248,20 @@ def main() -> int:
                           f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
                           f"{f['retrain_seconds']:.1f} cached retrain",
                           f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
-    if "trl" in results:
-        t = results["trl"]
-        print(fmt_row("TRL 1.16 RewardTrainer (1 epoch, defaults)", t, f"{t['seconds']:.0f}",
+    for t in results.get("trl", []):
+        print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults), seed {t['seed']}", t, f"{t['seconds']:.0f}",
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
-    if "full" in results:
-        f = results["full"]
-        print(fmt_row(f"full mode ({f['epochs']} epochs, lr {f['learning_rate']:g}, bf16 autocast, {f['pooling']} pooling)", f,
-                      f"{f['seconds']:.0f}", f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+    for f in results.get("full", []):
+        print(fmt_row(f"full mode ({f['epochs']} epochs, lr {f['learning_rate']:g}, bf16 autocast, "
+                      f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
+                      f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+    if results.get("trl") and results.get("full"):
+        gap = paired_gap([f["correct"] for f in results["full"]], [t["correct"] for t in results["trl"]])
+        results["full_minus_trl"] = gap
+        mean = {k: sum(r["accuracy"] for r in results[k]) / len(results[k]) for k in ("trl", "full")}
+        print(f"\nmean over {len(results['full'])} seed(s): TRL {mean['trl']:.1%}, full mode {mean['full']:.1%}; "
+              f"full - TRL = {gap['gap']:+.1%} [{gap['ci_low']:+.1%}, {gap['ci_high']:+.1%}] "
+              f"(paired bootstrap over the {len(test)} test pairs)")
     save()
     return 0
 
