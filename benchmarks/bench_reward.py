@@ -10,12 +10,12 @@ With --seeds 1,2,3, TRL and full mode each train once per seed (initialisation, 
 ours, the held-out split) and the table adds full mode's gap over TRL on the same test pairs: the mean
 over seeds, and a paired bootstrap interval over the test pairs of the per-pair correctness averaged
 over seeds (much tighter than comparing the two accuracies' own intervals). --resume FILE takes the
-sections an earlier run saved with --json-out and runs only the others.
+sections (for TRL and full mode: the seeds) an earlier run saved with --json-out and runs only the rest.
 
     python benchmarks/bench_reward.py --only fast,trl,full --json-out /tmp/bench-reward.json
     python benchmarks/bench_reward.py --only trl,full --seeds 1,2,3 --json-out /tmp/seeds.json
 
-TRL needs `pip install trl==1.16.0 datasets` (not a project dependency).
+TRL and datasets come with the test extra (`bash scripts/install.sh test`).
 """
 
 from __future__ import annotations
@@ -146,26 +146,35 @@ def brief(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "correct"}
 
 
-def section_trl(train, test, args, work, results):
-    results["trl"] = []
+def per_seed(key: str, results: dict, args, run_one) -> None:
+    """results[key] = one result per seed of --seeds; seeds an earlier run (--resume) measured are kept."""
+    earlier = {r["seed"]: r for r in results.get(key, [])}
+    results[key] = []
     for seed in args.seeds:
-        log(f"TRL RewardTrainer, seed {seed}")
-        results["trl"].append({"seed": seed, **run_trl(train, test, args, work, seed)})
-        log(f"trl: {brief(results['trl'][-1])}")
+        if seed in earlier:
+            log(f"{key}, seed {seed}: kept from {args.resume}")
+            results[key].append(earlier[seed])
+            continue
+        log(f"{key}, seed {seed}")
+        results[key].append({"seed": seed, **run_one(seed)})
+        log(f"{key}: {brief(results[key][-1])}")
+
+
+def section_trl(train, test, args, work, results):
+    per_seed("trl", results, args, lambda seed: run_trl(train, test, args, work, seed))
 
 
 def section_full(train, test, args, work, results):
-    results["full"] = []
-    for seed in args.seeds:
-        log(f"full mode, seed {seed}")
+    def run_one(seed):
         full = run_ours("full", train, test, args, work, None, seed=seed)
         m = full["metrics"]
-        results["full"].append({"seed": seed, "seconds": full["seconds"], "epochs": m["epochs"],
-                                "learning_rate": m["learning_rate"], "pooling": m["pooling"],
-                                "n_train": m["n_train"], "best_epoch": m["best_epoch"],
-                                "val_accuracy": m["val_accuracy"], **score_saved(full["folder"], test)})
+        scored = score_saved(full["folder"], test)
         shutil.rmtree(full["folder"], ignore_errors=True)
-        log(f"full: {brief(results['full'][-1])}")
+        return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
+                "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
+                "val_accuracy": m["val_accuracy"], **scored}
+
+    per_seed("full", results, args, run_one)
 
 
 SECTIONS = {"fast": section_fast, "fast-cls": lambda *a: section_fast(*a, pooling="cls"), "trl": section_trl,
@@ -194,7 +203,8 @@ def main() -> int:
                         help="comma-separated seeds: TRL and full mode train once per seed, and the table adds "
                              "the mean gap between them (default 0)")
     parser.add_argument("--resume", type=Path,
-                        help="results JSON of an earlier run (--json-out): keep its sections, run the rest")
+                        help="results JSON of an earlier run (--json-out): keep its sections (TRL and full "
+                             "mode: its seeds) and run the rest")
     parser.add_argument("--only", default="fast,trl,full",
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
                              "instead of mean pooling), trl, full")
@@ -229,7 +239,7 @@ def main() -> int:
 
     try:
         for name in which:  # in the order given, so the most wanted figures come first
-            if name in results:
+            if name in results and name not in ("trl", "full"):  # those two resume per seed
                 log(f"{name}: kept from {args.resume}")
                 continue
             SECTIONS[name](train, test, args, work, results)
