@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from backend.config import OPTIONS, ConfigError, Settings, load_settings
@@ -24,14 +25,17 @@ def warn_if_label_studio_unset(settings: Settings) -> None:
                     "" if settings.label_studio_allow_private_hosts else " and a public Label Studio address")
 
 
-def import_model_code(worker=None) -> None:
-    """gunicorn post_worker_init hook: import torch and the default reward model's transformers classes
-    before a server worker takes requests. The first /predict then does not pay the seconds that takes, and
-    no two request threads import transformers at once (its lazy module can fail with "cannot import
-    name" when two threads initialise it together)."""
-    import torch  # noqa: F401
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
-    from transformers.models.bert import modeling_bert  # noqa: F401
+def import_model_code(worker=None) -> threading.Thread:
+    """gunicorn post_worker_init hook: import torch and the default reward model's transformers classes in
+    a background thread as soon as a server worker starts, so the first /predict does not pay the seconds
+    that takes (requests are served meanwhile; one that needs the modules waits for the import)."""
+    def load():
+        import torch  # noqa: F401
+        from transformers import AutoTokenizer, BertForSequenceClassification  # noqa: F401
+
+    thread = threading.Thread(target=load, name="import-model-code", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(args, settings: Settings) -> int:
