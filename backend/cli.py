@@ -7,7 +7,6 @@ import logging
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from backend.config import OPTIONS, ConfigError, Settings, load_settings
@@ -23,19 +22,6 @@ def warn_if_label_studio_unset(settings: Settings) -> None:
                     "sends in /setup, which works only with legacy tokens enabled%s. Set LABEL_STUDIO_URL and "
                     "LABEL_STUDIO_API_KEY to be sure.",
                     "" if settings.label_studio_allow_private_hosts else " and a public Label Studio address")
-
-
-def import_model_code(worker=None) -> threading.Thread:
-    """gunicorn post_worker_init hook: import torch and the default reward model's transformers classes in
-    a background thread as soon as a server worker starts, so the first /predict does not pay the seconds
-    that takes (requests are served meanwhile; one that needs the modules waits for the import)."""
-    def load():
-        import torch  # noqa: F401
-        from transformers import AutoTokenizer, BertForSequenceClassification  # noqa: F401
-
-    thread = threading.Thread(target=load, name="import-model-code", daemon=True)
-    thread.start()
-    return thread
 
 
 def serve(args, settings: Settings) -> int:
@@ -57,7 +43,6 @@ def serve(args, settings: Settings) -> int:
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", "-" if settings.log_level == "DEBUG" else None)
             self.cfg.set("access_log_format", '%(h)s %(t)s "%(r)s" %(s)s %(b)s "%(a)s"')  # no %(u)s: basic-auth user
-            self.cfg.set("post_worker_init", import_model_code)
 
         def load(self):
             return create_app(settings)
