@@ -46,24 +46,15 @@ def test_accuracy(margins) -> dict:
             "correct": correct}
 
 
-def paired_gap(ours: list[list[float]], theirs: list[list[float]], n_boot: int = 2000) -> dict:
+def paired_gap(ours: list[list[float]], theirs: list[list[float]]) -> dict:
     """Accuracy gap (ours - theirs) on the same test pairs: each pair's correctness is averaged over
     seeds, then the pairs are resampled together (a paired percentile bootstrap)."""
     import numpy as np
 
-    diff = np.mean(ours, axis=0) - np.mean(theirs, axis=0)
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"gap": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+    from model.evaluation import accuracy_ci
 
-
-def score_saved(folder: Path, test) -> dict:
-    from model.reward import RewardModel
-
-    model = RewardModel.load(folder)
-    r = model.rewards([p.prompt for p in test] * 2, [p.chosen for p in test] + [p.rejected for p in test])
-    return test_accuracy([c - x for c, x in zip(r[:len(test)], r[len(test):])])
+    gap, lo, hi = accuracy_ci(np.mean(ours, axis=0) - np.mean(theirs, axis=0))
+    return {"gap": gap, "ci_low": lo, "ci_high": hi}
 
 
 def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean",
