@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 import requests
 
 LABEL_STUDIO_VERSION = "1.23.2"
@@ -177,3 +178,30 @@ def warm_up_predict(url: str, body: dict, clients: int, timeout: float = 300) ->
         while max(pool.map(one, range(clients * 2))) > 2.0:
             if time.time() > deadline:
                 raise TimeoutError("the server did not warm up")
+
+
+def start_redis(port: int, folder: Path) -> Process:
+    """A Redis of its own, without persistence: a restart comes back empty (the worst case)."""
+    process = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                       "--dir", str(folder)], dict(os.environ), folder / f"redis-{time.time():.0f}.log")
+    poll(lambda: _pings(port), 20, interval=0.1, message="redis-server up")
+    return process
+
+
+def _pings(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return False
+
+
+def progress_job(steps: int, pause: float) -> int:
+    """A job for worker tests (the worker imports it from tests/): saves its progress to Redis each step."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    for step in range(steps):
+        job.meta["step"] = step
+        job.save_meta()
+        time.sleep(pause)
+    return steps

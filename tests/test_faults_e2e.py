@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis as redis_lib
 import requests
 from label_studio_sdk import LabelStudio
 from rq.job import Job
 
 from backend.queue import TRAIN, JobQueue
 from conftest import FIXTURES, REDIS_URL, ROOT
-from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend, warm_up_predict
+from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend, start_redis, warm_up_predict
 from test_faults import synthetic_pairs, train_versions
 from tiny_models import tiny_causal_lm, tiny_encoder
 
@@ -312,21 +311,6 @@ def test_worker_killed_mid_job_leaves_the_served_version_intact(moment, ls, labe
 
 
 # ---------------------------------------------------------------- Redis down
-
-def start_redis(port: int, folder: Path) -> Process:
-    """A Redis of its own, without persistence: a restart comes back empty (the worst case)."""
-    process = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--dir", str(folder)], dict(os.environ), folder / f"redis-{time.time():.0f}.log")
-    poll(lambda: _pings(port), 20, interval=0.1, message="redis-server up")
-    return process
-
-
-def _pings(port: int) -> bool:
-    try:
-        return redis_lib.Redis(port=port, socket_connect_timeout=0.5).ping()
-    except redis_lib.RedisError:
-        return False
-
 
 def test_redis_down_then_back_empty(ls, label_studio, tiny, tmp_path):
     port = free_port()

@@ -3,16 +3,20 @@ they belong."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import redis
+from rq import Queue, Worker
 from rq.job import Job
 
 from backend.app import create_app
 from backend.queue import GENERATE, JobQueue
 from conftest import REDIS_URL, ROOT
-from harness import StubServer, backend_env, free_port
+from harness import Process, StubServer, backend_env, free_port, poll, start_redis
 
 CONFIGURED_KEY = "configured-ls-key-0123456789"
 SETUP_TOKEN = "token-from-setup-9876543210"
@@ -112,3 +116,36 @@ def test_retries_back_off(redis_conn):
     queue = JobQueue(redis_conn, "rlhf-test", job_timeout=60, retries=3)
     job = Job.fetch(queue.enqueue(GENERATE, 9).job_id, connection=redis_conn)
     assert job.retries_left == 3 and job.retry_intervals == [10, 30, 90]
+
+
+@pytest.mark.parametrize("steps, pause", [(200, 0.05), (2, 4.0)], ids=["job-lost", "job-outlives-outage"])
+def test_worker_outlives_redis_dying_during_a_job(tmp_path, steps, pause):
+    """Redis dies during a job and comes back empty. A job that writes to Redis meanwhile fails, and the
+    worker waits for Redis; a job that sleeps through the outage finishes. Either way the worker
+    registers again (for /health) and works the next job."""
+    port = free_port()
+    rds = start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    env = dict(worker_env(tmp_path, PYTHONPATH=str(ROOT / "tests")), REDIS_URL=url)
+    worker = Process([sys.executable, "-m", "backend.cli", "worker", "--no-sweep"], env, tmp_path / "worker.log")
+    try:
+        connection = redis.Redis.from_url(url)
+        queue = Queue("rlhf-test-generate", connection=connection)
+        running = queue.enqueue("harness.progress_job", steps, pause)
+        poll(lambda: running.get_meta(refresh=True).get("step") is not None, 60, message="the job running")
+        rds.stop(sig=signal.SIGKILL)
+        time.sleep(0.5)
+        rds = start_redis(port, tmp_path)
+        poll(lambda: Worker.count(connection=connection) == 1, 30, message="the worker registered again")
+        assert worker.popen.poll() is None
+        after = queue.enqueue("harness.progress_job", 2, 0.0)
+        poll(lambda: after.get_status(refresh=True) == "finished", 30, message="the next job done")
+        assert after.return_value() == 2
+        lost = "a fresh worker takes over" in worker.log_path.read_text()
+        assert lost == (pause < 1), "only the job that wrote during the outage is lost"
+        started = time.perf_counter()
+        worker.stop()  # SIGTERM still stops it: a stop request is not an error to recover from
+        assert worker.popen.returncode == 0 and time.perf_counter() - started < 10
+    finally:
+        worker.stop()
+        rds.stop(sig=signal.SIGKILL)
