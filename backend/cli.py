@@ -24,6 +24,16 @@ def warn_if_label_studio_unset(settings: Settings) -> None:
                     "" if settings.label_studio_allow_private_hosts else " and a public Label Studio address")
 
 
+def import_model_code(worker=None) -> None:
+    """gunicorn post_worker_init hook: import torch and the default reward model's transformers classes
+    before a server worker takes requests. The first /predict then does not pay the seconds that takes, and
+    no two request threads import transformers at once (its lazy module can fail with "cannot import
+    name" when two threads initialise it together)."""
+    import torch  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+    from transformers.models.bert import modeling_bert  # noqa: F401
+
+
 def serve(args, settings: Settings) -> int:
     """gunicorn serving backend.app, configured from Settings (no gunicorn.conf.py to keep in sync)."""
     from gunicorn.app.base import BaseApplication
@@ -43,6 +53,7 @@ def serve(args, settings: Settings) -> int:
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", "-" if settings.log_level == "DEBUG" else None)
             self.cfg.set("access_log_format", '%(h)s %(t)s "%(r)s" %(s)s %(b)s "%(a)s"')  # no %(u)s: basic-auth user
+            self.cfg.set("post_worker_init", import_model_code)
 
         def load(self):
             return create_app(settings)

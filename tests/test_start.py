@@ -51,3 +51,13 @@ def test_start_serves_and_restarts_a_killed_worker(tmp_path, redis_conn):
         _, stderr = proc.communicate(timeout=40)
     assert proc.returncode == 0, stderr[-3000:]
     assert "restarting" in stderr
+
+
+def test_server_workers_import_the_model_code_when_they_start():
+    """The post_worker_init hook leaves torch and transformers' classes imported, in a fresh interpreter."""
+    bert = "transformers.models.bert.modeling_bert"
+    code = ("import sys; from backend.cli import import_model_code; "
+            f"before = {bert!r} in sys.modules; import_model_code(); "
+            f"print(before, {bert!r} in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "True"]
