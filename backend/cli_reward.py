@@ -3,6 +3,7 @@ store (the same code path as the worker's training job), and evaluation of a sav
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -62,6 +63,13 @@ def export_command(args, settings: Settings) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
 def train_command(args, settings: Settings) -> int:
     from model.store import VersionStore
     from model.training import train_reward_model
@@ -71,7 +79,8 @@ def train_command(args, settings: Settings) -> int:
         raise ConfigError(f"{args.data} holds no usable preference pairs")
     overrides = {"mode": args.mode, "base_model": args.base_model, "max_length": args.max_length,
                  "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                 "train_layers": args.train_layers, "seed": args.seed, "val_fraction": args.val_fraction}
+                 "train_layers": args.train_layers, "seed": args.seed, "val_fraction": args.val_fraction,
+                 "members": args.members}
     config = dataclasses.replace(train_config(settings), **{k: v for k, v in overrides.items() if v is not None})
     if args.no_bf16:
         config = dataclasses.replace(config, bf16=False)
@@ -160,18 +169,22 @@ def register(subparsers) -> None:
                    help="fast: frozen encoder with cached features, trains the head only (seconds); "
                         "full: fine-tune the encoder (minutes)")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
-    p.add_argument("--max-length", type=int, help="tokens of prompt+answer (the prompt is cut from the left)")
-    p.add_argument("--epochs", type=int, help="default: 60 (fast, best held-out epoch kept) or 2 (full)")
+    p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the left)")
+    p.add_argument("--epochs", type=positive_int, help="default: 60 (fast, best held-out epoch kept) or 2 (full)")
     p.add_argument("--learning-rate", type=float, help="default: 3e-4 (fast) or 5e-5 (full)")
-    p.add_argument("--batch-size", type=int, help="pairs per step; default: 64 (fast) or 8 (full)")
-    p.add_argument("--train-layers", type=int, help="full mode: fine-tune only the top N encoder layers")
+    p.add_argument("--batch-size", type=positive_int, help="pairs per step; default: 64 (fast) or 8 (full)")
+    p.add_argument("--train-layers", type=positive_int, help="full mode: fine-tune only the top N encoder layers")
     p.add_argument("--val-fraction", type=float, help="held-out share of the comparisons (default 0.15)")
     p.add_argument("--seed", type=int, help="split, shuffling and head initialization seed (default 0)")
     p.add_argument("--label-config", metavar="XML", help="the project's label config, for renamed fields")
-    p.add_argument("--no-bf16", action="store_true", help="full mode: train in fp32 instead of bf16 autocast")
+    p.add_argument("--no-bf16", action="store_true", help="full mode: train in fp32 even where bf16 is native "
+                   "(GPUs with bf16, CPUs with AVX-512 bf16 or AMX)")
     p.add_argument("--average-epochs", type=float, metavar="N",
                    help="full mode: save a moving average of the weights over about N epochs (default 0.7; "
                         "0: the last weights)")
+    p.add_argument("--members", type=positive_int, metavar="N",
+                   help="full mode: fine-tune N times from the same start (each with its own data order) and "
+                        "save the average of their weights (WARM; N times the time; default 1)")
     p.add_argument("--dropout", action="store_true", help="full mode: fine-tune with the encoder's dropout on "
                    "(off by default, as in TRL)")
     p.set_defaults(handler=train_command)

@@ -66,7 +66,8 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          pooling=pooling, seed=seed,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
-                         train_layers=args.train_layers if mode == "full" else None)
+                         train_layers=args.train_layers if mode == "full" else None,
+                         members=args.full_members if mode == "full" else 1)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
     last = [0.0]
 
@@ -81,12 +82,14 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
 
 def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     """TRL 1.16 RewardTrainer with its defaults, except: same base model and max length, one epoch, no
-    checkpoints. It needs an eos_token for a BERT tokenizer, and it drops pairs longer than max_length."""
+    checkpoints, and bf16 (its default) only where the CPU has it, as our full mode: emulated bf16 runs
+    ~20x slower. It needs an eos_token for a BERT tokenizer, and it drops pairs longer than max_length."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from model.hardware import cpu_has_fast_bf16
     from model.reward import quiet_transformers, resolve_base_model
 
     base = resolve_base_model(args.base_model)
@@ -98,7 +101,7 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
                               for p in train])
     config = RewardConfig(output_dir=str(work / "trl"), max_length=args.max_length, eos_token=tok.sep_token,
                           num_train_epochs=1, report_to="none", save_strategy="no", logging_steps=20,
-                          use_cpu=True, dataloader_num_workers=0, seed=seed)
+                          use_cpu=True, dataloader_num_workers=0, seed=seed, bf16=cpu_has_fast_bf16())
     trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
     kept = len(trainer.train_dataset)
     started = time.perf_counter()
@@ -116,7 +119,7 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
                       return_tensors="pt")
             rewards += model(**enc).logits[:, 0].tolist()
     margins = [rewards[i] - rewards[i + 1] for i in range(0, len(rewards), 2)]
-    return {"seconds": seconds, "kept": kept, **test_accuracy(margins)}
+    return {"seconds": seconds, "kept": kept, "bf16": config.bf16, **test_accuracy(margins)}
 
 
 def section_fast(train, test, args, work, results, pooling="mean"):
@@ -163,6 +166,7 @@ def section_full(train, test, args, work, results):
         shutil.rmtree(full["folder"], ignore_errors=True)
         return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
+                "members": m["members"], "kept": m.get("kept"), "bf16": m["bf16"],
                 "val_accuracy": m["val_accuracy"], **scored}
 
     per_seed("full", results, args, run_one)
@@ -189,6 +193,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
+    parser.add_argument("--full-members", type=int, default=1,
+                        help="full mode: fine-tunes from one start whose weights are averaged (default 1)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                         help="comma-separated seeds: TRL and full mode train once per seed, and the table adds "
@@ -250,10 +256,12 @@ def main() -> int:
                           f"{f['retrain_seconds']:.1f} cached retrain",
                           f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     for t in results.get("trl", []):
-        print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults), seed {t['seed']}", t, f"{t['seconds']:.0f}",
+        precision = "bf16" if t.get("bf16", True) else "fp32"
+        print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults, {precision}), seed {t['seed']}", t, f"{t['seconds']:.0f}",
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
     for f in results.get("full", []):
-        print(fmt_row(f"full mode ({f['epochs']} epochs, lr {f['learning_rate']:g}, bf16 autocast, "
+        members = f" x {f['members']} averaged ({f['kept']} kept)" if f.get("members", 1) > 1 else ""
+        print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
                       f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     if results.get("trl") and results.get("full"):

@@ -90,10 +90,14 @@ def loss_curves(history: list[dict], path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if any(h.get("val_loss") is not None for h in history):
-        ax.plot(epochs, [h.get("val_loss") for h in history], "o-", label="held-out")
+    members = sorted({h.get("member") for h in history}, key=lambda m: m or 0)  # [None] for one run
+    for member in members:
+        runs = [h for h in history if h.get("member") == member]
+        epochs = [h["epoch"] for h in runs]
+        suffix = f" (member {member})" if member else ""
+        ax.plot(epochs, [h["train_loss"] for h in runs], "o-", label="train" + suffix)
+        if any(h.get("val_loss") is not None for h in runs):
+            ax.plot(epochs, [h.get("val_loss") for h in runs], "o--", label="held-out" + suffix)
     ax.axhline(np.log(2), color="grey", linestyle="--", label="chance (ln 2)")
     ax.set(xlabel="epoch", ylabel="Bradley-Terry loss", title="Reward model training")
     ax.legend()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from model.hardware import cpu_has_fast_bf16
+
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
@@ -123,15 +125,6 @@ def resolve_dtype(name: str, device: str):
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 runs ~2x fp32 where the CPU has native bf16 instructions, and far slower where it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: stay with fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _gguf_cache_folder(gguf: Path, cache_dir: Path) -> Path:

@@ -43,8 +43,10 @@ class TrainConfig:
     train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
     average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
     #                                     many epochs and save that (None: the last weights)
+    members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
+    #                                     and save the members' weight average (WARM); N times the time
     dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
-    bf16: bool = True                 # full mode: bf16 autocast for training steps (~2x on AVX-512 bf16 CPUs)
+    bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
     eval_batch_size: int = 32
 
     def resolved(self, name: str):

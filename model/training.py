@@ -5,8 +5,9 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
   those features, so the saved model is the unchanged architecture and scores identically. With
   pooling="mean" (the default) that first token is the mean of the tokens (model/pooling.py).
-* full: every encoder layer (or the top `train_layers`) is fine-tuned, with bf16 autocast and without
-  dropout (as TRL does); what is saved is a moving average of the weights.
+* full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
+  bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
+  over `members` runs from one start when asked.
 The best point by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full:
 per half epoch). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
 mode); fast mode's head fit is too small to gain from it and stays on the CPU.
@@ -15,6 +16,7 @@ mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
+from model.hardware import bf16_pays_off
 from model.pairs import PreferencePair
 from model.pooling import add_mean_pooling_layer
 from model.reward import (REWARD_CONFIG, RewardModel, TrainConfig, encode_pairs, load_classifier,
@@ -331,15 +334,64 @@ class _WeightAverage:
                     param.copy_(own[name])
 
 
+def _pair_margins(scorer, pairs) -> tuple[list, list]:
+    """(chosen - rejected margins, all rewards) of `pairs` under the scorer's model as it is now."""
+    r = scorer.rewards([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
+
+
 def _train_full(model, tokenizer, train, val, config, progress, out):
-    """Fine-tune; every half epoch the held-out loss of the served weights (the moving average, or the
-    model's own with average_epochs=None) is measured and the best point is kept."""
+    """Fine-tune `config.members` times from one initialisation (the same head too), each with its own
+    data order, and average the members' kept weights (WARM: fine-tunes from a shared start stay in one
+    basin, so their weight average is one model that generalises better than any of them). The
+    average is kept only if its held-out loss is no worse than the best member's."""
+    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
+    members = config.members
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kept, history, summary = [], [], []
+    for k in range(members):
+        model.load_state_dict(start, strict=False)
+        member_config = dataclasses.replace(config, seed=config.seed + k)
+        share = 0.95 / members
+
+        def member_progress(fraction, message, k=k):
+            progress(share * k + fraction * share / 0.95, f"member {k + 1}/{members}: {message}"
+                     if members > 1 else message)
+
+        best = _fine_tune(model, tokenizer, train, val, member_config, member_progress, scorer)
+        history += [{**entry, "member": k + 1} if members > 1 else entry for entry in best["history"]]
+        kept.append(best["weights"])
+        summary.append({"best_epoch": best["epoch"], "val_loss": best.get("val_loss")})
+    out.update(best_epoch=summary[0]["best_epoch"] if members == 1 else [m["best_epoch"] for m in summary],
+               average_epochs=config.average_epochs, dropout=config.dropout, members=members, bf16=best["bf16"])
+    if members > 1:
+        import torch
+
+        model.load_state_dict({n: torch.stack([w[n] for w in kept]).mean(0) for n in kept[0]}, strict=False)
+        if val:
+            averaged = _margin_loss(_pair_margins(scorer, val)[0], config)
+            best_member = min(range(members), key=lambda i: summary[i]["val_loss"])
+            out.update(member_val_losses=[m["val_loss"] for m in summary], averaged_val_loss=averaged,
+                       kept="average")
+            if averaged > summary[best_member]["val_loss"]:
+                model.load_state_dict(kept[best_member], strict=False)
+                out["kept"] = f"member {best_member + 1}"
+    model.eval()
+    m, rewards = _pair_margins(scorer, val or train)
+    return history, m, rewards
+
+
+def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
+    """One fine-tuning run; every half epoch the held-out loss of the served weights (the moving
+    average, or the model's own with average_epochs=None) is measured and the best point is kept.
+    Leaves the model holding that point; returns it with the run's history."""
     import torch
 
     _freeze_lower_layers(model, config.train_layers)
     device = model.device
-    # Older GPUs have no bf16; fp16 would need loss scaling, so they train in fp32.
-    bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    # Where bf16 is not native (older GPUs, most CPUs) it trains in fp32: fp16 would need loss scaling,
+    # and emulated bf16 is ~20x slower than fp32 on a CPU.
+    bf16 = config.bf16 and bf16_pays_off(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.resolved("learning_rate"), weight_decay=config.weight_decay)
     epochs, batch = config.resolved("epochs"), config.resolved("batch_size")
@@ -351,12 +403,7 @@ def _train_full(model, tokenizer, train, val, config, progress, out):
     average = _WeightAverage(model, config.average_epochs * per_epoch) if config.average_epochs else None
     served = average.applied if average else nullcontext
     rng = random.Random(config.seed)
-    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
     checkpoints = {per_epoch // 2, per_epoch} - {0}  # steps within an epoch after which to measure
-
-    def margins(pairs):
-        r = scorer.rewards([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
-        return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
 
     best, history, step = None, [], 0
     for epoch in range(epochs):
@@ -386,16 +433,15 @@ def _train_full(model, tokenizer, train, val, config, progress, out):
             total, seen = 0.0, 0
             with served():
                 if val:
-                    entry["val_loss"] = _margin_loss(margins(val)[0], config)
+                    entry["val_loss"] = _margin_loss(_pair_margins(scorer, val)[0], config)
                 score = entry.get("val_loss", entry["train_loss"])
-                if best is None or score < best[0]:
-                    best = (score, entry["epoch"], {n: p.detach().clone() for n, p in model.named_parameters()})
+                if best is None or score < best["score"]:
+                    best = {"score": score, "epoch": entry["epoch"], "val_loss": entry.get("val_loss"),
+                            "weights": {n: p.detach().clone() for n, p in model.named_parameters()}}
             history.append(entry)
-    model.load_state_dict(best[2], strict=False)  # parameters only; buffers never change
+    model.load_state_dict(best["weights"], strict=False)  # parameters only; buffers never change
     model.eval()
-    out.update(best_epoch=best[1], average_epochs=config.average_epochs, dropout=config.dropout)
-    m, rewards = margins(val or train)
-    return history, m, rewards
+    return {**best, "history": history, "bf16": bf16}
 
 
 # ---------------------------------------------------------------- entry point
@@ -414,6 +460,8 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
                          "(skipped and cancelled annotations do not count)")
     if config.mode not in ("fast", "full"):
         raise ValueError(f"unknown training mode {config.mode!r}: use 'fast' or 'full'")
+    if config.members < 1:
+        raise ValueError(f"members must be at least 1, not {config.members}")
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} does not exist")
@@ -445,7 +493,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         "n_pairs": len(pairs), "n_train": len(train), "n_val": len(val),
         "val_accuracy": scored["accuracy"] if has_val else None,
         "val_accuracy_ci": [scored["ci_low"], scored["ci_high"]] if has_val else None,
-        "val_loss": min(h["val_loss"] for h in history) if has_val else None,
+        "val_loss": _margin_loss(margins, config) if has_val else None,  # of the saved model
         "train_loss": history[-1]["train_loss"],
         "mean_margin": scored["mean_margin"],
         "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),

@@ -94,10 +94,11 @@ def test_train_full_mode_options_reach_the_training(tmp_path, capsys):
     write_trl_jsonl(synthetic(24), data)
     argv = ["train", "--data", str(data), "--out", str(tmp_path / "store"), "--mode", "full", "--base-model",
             str(encoder), "--max-length", "32", "--epochs", "1"]
-    for extra, expected in (([], (0.7, False)), (["--average-epochs", "0", "--dropout"], (None, True))):
+    for extra, expected in (([], (0.7, False, 1)),
+                            (["--average-epochs", "0", "--dropout", "--members", "2"], (None, True, 2))):
         code, io = run(argv + extra, tmp_path, capsys)
         metrics = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())
-        assert code == 0 and (metrics["average_epochs"], metrics["dropout"]) == expected
+        assert code == 0 and (metrics["average_epochs"], metrics["dropout"], metrics["members"]) == expected
 
 
 def test_help_texts(capsys):
@@ -107,3 +108,10 @@ def test_help_texts(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         assert "--data" in capsys.readouterr().out or command == "export"
+
+
+@pytest.mark.parametrize("option", ["--members", "--epochs", "--batch-size", "--max-length", "--train-layers"])
+def test_train_counts_below_one_are_refused_before_any_work(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exit_:
+        run(["train", "--data", str(tmp_path / "none.jsonl"), option, "0"], tmp_path, capsys)
+    assert exit_.value.code == 2 and f"{option}: must be a whole number of at least 1, not 0" in capsys.readouterr().err

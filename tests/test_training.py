@@ -159,6 +159,8 @@ def test_no_pairs_and_bad_mode_raise(encoder, tmp_path):
         train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, mode="slow"), tmp_path)
     with pytest.raises(ValueError, match="pooling"):
         train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, pooling="max"), tmp_path)
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        train_reward_model(synthetic_pairs(3), TrainConfig(base_model=encoder, mode="full", members=0), tmp_path)
 
 
 def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
@@ -191,12 +193,69 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
     epochs = [h["epoch"] for h in metrics["history"]]
     assert len(epochs) == 6 and epochs == sorted(epochs) and epochs[1::2] == [1.0, 2.0, 3.0]  # every half epoch
     assert metrics["best_epoch"] in epochs
-    assert metrics["val_loss"] == min(h["val_loss"] for h in metrics["history"])
+    assert metrics["val_loss"] == pytest.approx(min(h["val_loss"] for h in metrics["history"]), abs=1e-6)
     _, val = split_pairs(pairs[:120], cfg)
     rm = RewardModel.load(tmp_path)
     margins = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
                                      rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
     assert _margin_loss(margins, cfg) == pytest.approx(metrics["val_loss"], abs=1e-4)  # the saved model is that point
+
+
+def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(encoder, pairs, tmp_path, monkeypatch):
+    """members=2: two fine-tunes from the same weights (head included) with their own data orders; the
+    saved weights are the mean of their kept weights unless the best member's held-out loss is lower."""
+    import model.training as training
+
+    starts, kept = [], []
+    real = training._fine_tune
+
+    def recording(model, *args, **kwargs):  # records around the real fine-tuning
+        starts.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        best = real(model, *args, **kwargs)
+        kept.append(best["weights"])
+        return best
+
+    monkeypatch.setattr(training, "_fine_tune", recording)
+    cfg = config(encoder, "full", epochs=2, members=2)
+    metrics = train_reward_model(pairs[:120], cfg, tmp_path)
+
+    assert len(starts) == 2 and all(torch.equal(starts[0][n], starts[1][n]) for n in starts[0])
+    assert [h["member"] for h in metrics["history"]] == [1] * 4 + [2] * 4
+    assert [h["train_loss"] for h in metrics["history"][:4]] != [h["train_loss"] for h in metrics["history"][4:]]
+    assert metrics["members"] == 2 and len(metrics["member_val_losses"]) == 2
+    saved = dict(AutoModelForSequenceClassification.from_pretrained(tmp_path).named_parameters())
+    if metrics["kept"] == "average":
+        expected = {n: (kept[0][n] + kept[1][n]) / 2 for n in kept[0]}
+        assert metrics["val_loss"] == pytest.approx(metrics["averaged_val_loss"], abs=1e-5)
+    else:
+        expected = kept[int(metrics["kept"].split()[-1]) - 1]
+    assert all(torch.allclose(saved[n], expected[n], atol=1e-6) for n in expected)
+    assert not torch.equal(saved["classifier.weight"], starts[0]["classifier.weight"])
+    assert metrics["val_loss"] == pytest.approx(min(metrics["member_val_losses"] + [metrics["averaged_val_loss"]]),
+                                                abs=1e-5)
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_full_mode_trains_in_bf16_only_where_the_cpu_has_it(encoder, pairs, tmp_path, monkeypatch, native):
+    """Emulated bf16 is ~20x slower than fp32 on a CPU without bf16 instructions."""
+    import model.hardware as hardware
+    import model.training as training
+
+    dtypes = set()
+    real = training.load_reward_base
+
+    def watched(*args):  # the real base model, with a hook that sees the dtype the encoder computes in
+        model, tokenizer, pooling = real(*args)
+        model.base_model.encoder.layer[0].attention.self.query.register_forward_hook(
+            lambda module, inputs, output: dtypes.add(output.dtype) if torch.is_grad_enabled() else None)
+        return model, tokenizer, pooling
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(training, "load_reward_base", watched)
+    metrics = train_reward_model(pairs[:32], config(encoder, "full", epochs=1, val_fraction=0.0), tmp_path)
+    assert dtypes == ({torch.bfloat16} if native else {torch.float32})
+    assert metrics["bf16"] is native
 
 
 @pytest.mark.parametrize("dropout", [False, True])
