@@ -159,8 +159,8 @@ def register(subparsers) -> None:
         "train", help="train a reward model on a pairs file into a new model version",
         description="Train a Bradley-Terry reward model exactly as the worker does, into a new version of the "
                     "version store, and make it current. Prints the version's folder as the last line of "
-                    "stdout. Defaults come from the environment (REWARD_BASE_MODEL, TRAIN_MODE, "
-                    "REWARD_MAX_LENGTH, MODEL_DIR, TORCH_THREADS).")
+                    "stdout. Defaults come from the environment (REWARD_BASE_MODEL, TRAIN_MODE, TRAIN_MEMBERS, "
+                    "REWARD_MAX_LENGTH, REWARD_POOLING, MODEL_DIR, TORCH_THREADS).")
     p.add_argument("--data", required=True, metavar="FILE", help=_data_help())
     p.add_argument("--out", metavar="DIR", help=f"version-store root to write into (project '{CLI_PROJECT}'); "
                    "default: MODEL_DIR with --project")
@@ -184,7 +184,7 @@ def register(subparsers) -> None:
                         "0: the last weights)")
     p.add_argument("--members", type=positive_int, metavar="N",
                    help="full mode: fine-tune N times from the same start (each with its own data order) and "
-                        "save the average of their weights (WARM; N times the time; default 1)")
+                        "save the average of their weights (WARM; N times the time; default: TRAIN_MEMBERS, 1)")
     p.add_argument("--dropout", action="store_true", help="full mode: fine-tune with the encoder's dropout on "
                    "(off by default, as in TRL)")
     p.set_defaults(handler=train_command)

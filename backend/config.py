@@ -71,6 +71,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("REWARD_BASE_MODEL", "minilm",
            "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder."),
     Option("TRAIN_MODE", "fast", "fast (frozen encoder, cached features, seconds) or full (fine-tune, minutes)."),
+    Option("TRAIN_MEMBERS", "1", "full mode: fine-tunes from one start whose weights are averaged (WARM); N times the training time."),
     Option("REWARD_MAX_LENGTH", "256", "Tokens of prompt+answer the reward model reads."),
     Option("REWARD_POOLING", "mean", "mean (an added mean-pooling layer, for sentence encoders) or cls (first token)."),
     Option("MIN_NEW_ANNOTATIONS", "1", "Annotation events retrain once this many new annotations exist."),
@@ -115,6 +116,7 @@ class Settings:
     torch_threads: int | None
     reward_base_model: str
     train_mode: str
+    train_members: int
     reward_max_length: int
     reward_pooling: str
     min_new_annotations: int
@@ -231,6 +233,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         torch_threads=optional_int("TORCH_THREADS", 1),
         reward_base_model=raw("REWARD_BASE_MODEL"),
         train_mode=choice("TRAIN_MODE", ("fast", "full")),
+        train_members=integer("TRAIN_MEMBERS", 1),
         reward_max_length=integer("REWARD_MAX_LENGTH", 16),
         reward_pooling=choice("REWARD_POOLING", ("mean", "cls")),
         min_new_annotations=integer("MIN_NEW_ANNOTATIONS", 1),
@@ -257,5 +260,5 @@ def train_config(settings: Settings):
 
     return TrainConfig(
         base_model=settings.reward_base_model, mode=settings.train_mode, max_length=settings.reward_max_length,
-        pooling=settings.reward_pooling, threads=settings.torch_threads,
+        pooling=settings.reward_pooling, threads=settings.torch_threads, members=settings.train_members,
         feature_cache_dir=settings.model_dir / "feature-cache")

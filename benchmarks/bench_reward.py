@@ -140,6 +140,11 @@ def brief(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "correct"}
 
 
+def save(results: dict, args) -> None:
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2, default=str))
+
+
 def per_seed(key: str, results: dict, args, run_one) -> None:
     """results[key] = one result per seed of --seeds; seeds an earlier run (--resume) measured are kept."""
     earlier = {r["seed"]: r for r in results.get(key, [])}
@@ -152,6 +157,7 @@ def per_seed(key: str, results: dict, args, run_one) -> None:
         log(f"{key}, seed {seed}")
         results[key].append({"seed": seed, **run_one(seed)})
         log(f"{key}: {brief(results[key][-1])}")
+        save(results, args)  # each seed's result is kept even if a later one is stopped
 
 
 def section_trl(train, test, args, work, results):
@@ -230,17 +236,13 @@ def main() -> int:
     shorter = [(len(p.rejected) > len(p.chosen)) - (len(p.rejected) < len(p.chosen)) for p in test]
     results["shorter_wins"] = test_accuracy(shorter)
 
-    def save():
-        if args.json_out:
-            args.json_out.write_text(json.dumps(results, indent=2, default=str))
-
     try:
         for name in which:  # in the order given, so the most wanted figures come first
             if name in results and name not in ("trl", "full"):  # those two resume per seed
                 log(f"{name}: kept from {args.resume}")
                 continue
             SECTIONS[name](train, test, args, work, results)
-            save()
+            save(results, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -264,14 +266,16 @@ def main() -> int:
         print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
                       f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
-    if results.get("trl") and results.get("full"):
-        gap = paired_gap([f["correct"] for f in results["full"]], [t["correct"] for t in results["trl"]])
-        results["full_minus_trl"] = gap
-        mean = {k: sum(r["accuracy"] for r in results[k]) / len(results[k]) for k in ("trl", "full")}
-        print(f"\nmean over {len(results['full'])} seed(s): TRL {mean['trl']:.1%}, full mode {mean['full']:.1%}; "
+    both = sorted({r["seed"] for r in results.get("trl", [])} & {r["seed"] for r in results.get("full", [])})
+    if both:  # compared on the seeds both methods ran
+        paired = {k: [r for r in results[k] if r["seed"] in both] for k in ("trl", "full")}
+        gap = paired_gap([f["correct"] for f in paired["full"]], [t["correct"] for t in paired["trl"]])
+        results["full_minus_trl"] = {"seeds": both, **gap}
+        mean = {k: sum(r["accuracy"] for r in rs) / len(rs) for k, rs in paired.items()}
+        print(f"\nmean over seed(s) {', '.join(map(str, both))}: TRL {mean['trl']:.1%}, full mode {mean['full']:.1%}; "
               f"full - TRL = {gap['gap']:+.1%} [{gap['ci_low']:+.1%}, {gap['ci_high']:+.1%}] "
               f"(paired bootstrap over the {len(test)} test pairs)")
-    save()
+    save(results, args)
     return 0
 
 

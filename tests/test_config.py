@@ -20,10 +20,18 @@ def test_defaults_load_without_any_environment():
     ({"PREANNOTATE": "sometimes"}, "PREANNOTATE must be one of"),
     ({"TOP_P": "1.5"}, "TOP_P must be between"),
     ({"LABEL_STUDIO_ALLOW_PRIVATE_HOSTS": "maybe"}, "must be true or false"),
+    ({"TRAIN_MEMBERS": "0"}, "TRAIN_MEMBERS must be at least 1"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_training_settings_reach_the_train_config():
+    from backend.config import train_config
+
+    config = train_config(load_settings({"TRAIN_MODE": "full", "TRAIN_MEMBERS": "3", "REWARD_POOLING": "cls"}))
+    assert (config.mode, config.members, config.pooling) == ("full", 3, "cls")
 
 
 def test_secrets_stay_out_of_repr():

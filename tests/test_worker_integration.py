@@ -1,5 +1,5 @@
 """Real Redis, real `rlhf-backend worker --burst` processes: failures are clear, credentials go only where
-they belong."""
+they belong, and the worker outlives Redis going away during a job."""
 
 from __future__ import annotations
 
