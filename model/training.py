@@ -348,34 +348,34 @@ def _train_full(model, tokenizer, train, val, config, progress, out):
     scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
     members = config.members
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    kept, history, summary = [], [], []
+    share = 0.95 / members  # of the progress bar, per member
+    runs, history = [], []
     for k in range(members):
         model.load_state_dict(start, strict=False)
-        member_config = dataclasses.replace(config, seed=config.seed + k)
-        share = 0.95 / members
+        label = f"member {k + 1}/{members}: " if members > 1 else ""
 
-        def member_progress(fraction, message, k=k):
-            progress(share * k + fraction * share / 0.95, f"member {k + 1}/{members}: {message}"
-                     if members > 1 else message)
+        def member_progress(fraction, message, k=k, label=label):
+            progress(share * (k + fraction / 0.95), label + message)
 
-        best = _fine_tune(model, tokenizer, train, val, member_config, member_progress, scorer)
-        history += [{**entry, "member": k + 1} if members > 1 else entry for entry in best["history"]]
-        kept.append(best["weights"])
-        summary.append({"best_epoch": best["epoch"], "val_loss": best.get("val_loss")})
-    out.update(best_epoch=summary[0]["best_epoch"] if members == 1 else [m["best_epoch"] for m in summary],
-               average_epochs=config.average_epochs, dropout=config.dropout, members=members, bf16=best["bf16"])
+        run = _fine_tune(model, tokenizer, train, val, dataclasses.replace(config, seed=config.seed + k),
+                         member_progress, scorer)
+        history += [{**entry, "member": k + 1} if members > 1 else entry for entry in run["history"]]
+        runs.append(run)
+    epochs = [r["epoch"] for r in runs]
+    out.update(best_epoch=epochs[0] if members == 1 else epochs, average_epochs=config.average_epochs,
+               dropout=config.dropout, members=members, bf16=runs[0]["bf16"])
     if members > 1:
         import torch
 
-        model.load_state_dict({n: torch.stack([w[n] for w in kept]).mean(0) for n in kept[0]}, strict=False)
+        weights = [r["weights"] for r in runs]
+        model.load_state_dict({n: torch.stack([w[n] for w in weights]).mean(0) for n in weights[0]}, strict=False)
         if val:
             averaged = _margin_loss(_pair_margins(scorer, val)[0], config)
-            best_member = min(range(members), key=lambda i: summary[i]["val_loss"])
-            out.update(member_val_losses=[m["val_loss"] for m in summary], averaged_val_loss=averaged,
-                       kept="average")
-            if averaged > summary[best_member]["val_loss"]:
-                model.load_state_dict(kept[best_member], strict=False)
-                out["kept"] = f"member {best_member + 1}"
+            best = min(runs, key=lambda r: r["val_loss"])
+            out.update(member_val_losses=[r["val_loss"] for r in runs], averaged_val_loss=averaged, kept="average")
+            if averaged > best["val_loss"]:
+                model.load_state_dict(best["weights"], strict=False)
+                out["kept"] = f"member {runs.index(best) + 1}"
     model.eval()
     m, rewards = _pair_margins(scorer, val or train)
     return history, m, rewards
