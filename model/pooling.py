@@ -10,7 +10,10 @@ ordinary encoder layer whose first-token output is LayerNorm(mean of the previou
 - attention output: SCALE x identity and no bias; the residual adds the token's own state, which the
   following LayerNorm (scale-invariant) shrinks to 1/SCALE of the result;
 - feed-forward: zero, so the layer output is the LayerNorm above.
-The saved folder is a stock BERT with one more layer; full fine-tuning may then learn a weighted pooling.
+The saved folder is a stock BERT with one more layer. Full fine-tuning keeps it a pooling of the mean:
+query and key start at zero and each one's gradient is proportional to the other, and likewise the
+feed-forward's two matrices (through gelu(0) = 0), so they stay zero (only biases and LayerNorms move);
+the layers below adapt instead.
 """
 
 from __future__ import annotations

@@ -47,3 +47,23 @@ def test_models_without_bert_layers_are_left_alone():
                                                        num_hidden_layers=1, num_attention_heads=2))
     assert not add_mean_pooling_layer(model)
     assert model.config.num_hidden_layers == 1
+
+
+def test_fine_tuning_keeps_the_attention_uniform_and_the_feed_forward_off(tmp_path):
+    """Query/key and the feed-forward's matrices start at zero in pairs whose gradients vanish together."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder(tmp_path / "enc", seed=3), num_labels=1)
+    add_mean_pooling_layer(model)
+    enc = build_tokenizer()(TEXTS, padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    for _ in range(5):
+        rewards = model(**enc).logits[:, 0]
+        loss = -torch.nn.functional.logsigmoid(rewards[0] - rewards[1:]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    pooling = model.base_model.encoder.layer[-1]
+    for linear in (pooling.attention.self.query, pooling.attention.self.key, pooling.intermediate.dense,
+                   pooling.output.dense):
+        assert not linear.weight.any()
+    assert model.base_model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0  # the rest trained
