@@ -171,7 +171,7 @@ def register(subparsers) -> None:
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the left)")
     p.add_argument("--epochs", type=positive_int, help="default: 60 (fast, best held-out epoch kept) or 2 (full)")
-    p.add_argument("--learning-rate", type=float, help="default: 3e-4 (fast) or 5e-5 (full)")
+    p.add_argument("--learning-rate", type=float, help="default: 3e-4 (fast) or 1e-4 (full)")
     p.add_argument("--batch-size", type=positive_int, help="pairs per step; default: 64 (fast) or 8 (full)")
     p.add_argument("--train-layers", type=positive_int, help="full mode: fine-tune only the top N encoder layers")
     p.add_argument("--val-fraction", type=float, help="held-out share of the comparisons (default 0.15)")

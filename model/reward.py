@@ -31,7 +31,7 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
     epochs: int | None = None         # None: 60 (fast, best epoch kept) / 2 (full)
-    learning_rate: float | None = None  # None: 3e-4 (fast) / 5e-5 (full)
+    learning_rate: float | None = None  # None: 3e-4 (fast) / 1e-4 (full, as TRL)
     batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
     weight_decay: float = 0.01
     patience: int = 10                # stop after this many epochs without a better held-out loss
@@ -52,7 +52,7 @@ class TrainConfig:
     def resolved(self, name: str):
         """A defaulted field's value for this mode."""
         defaults = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                    "full": {"epochs": 2, "learning_rate": 5e-5, "batch_size": 8}}[self.mode]
+                    "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}[self.mode]
         value = getattr(self, name)
         return defaults[name] if value is None else value
 
