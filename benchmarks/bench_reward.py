@@ -181,7 +181,7 @@ def section_full(train, test, args, work, results):
         shutil.rmtree(full["folder"], ignore_errors=True)
         return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
-                "members": m["members"], "kept": m.get("kept"), "bf16": m["bf16"],
+                "members": m["members"], "bf16": m["bf16"],
                 "val_accuracy": m["val_accuracy"], **scored}
 
     per_seed("full", results, args, run_one)
@@ -271,7 +271,7 @@ def main() -> int:
         print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults, {precision}), seed {t['seed']}", t, f"{t['seconds']:.0f}",
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
     for f in results.get("full", []):
-        members = f" x {f['members']} averaged ({f['kept']} kept)" if f.get("members", 1) > 1 else ""
+        members = f" x {f['members']} averaged" if f.get("members", 1) > 1 else ""
         print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
                       f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))

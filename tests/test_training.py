@@ -203,7 +203,7 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
 
 def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(encoder, pairs, tmp_path, monkeypatch):
     """members=2: two fine-tunes from the same weights (head included) with their own data orders; the
-    saved weights are the mean of their kept weights unless the best member's held-out loss is lower."""
+    saved weights are the mean of their kept weights, whatever the members' held-out losses."""
     import model.training as training
 
     starts, kept = [], []
@@ -224,15 +224,10 @@ def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(enco
     assert [h["train_loss"] for h in metrics["history"][:4]] != [h["train_loss"] for h in metrics["history"][4:]]
     assert metrics["members"] == 2 and len(metrics["member_val_losses"]) == 2
     saved = dict(AutoModelForSequenceClassification.from_pretrained(tmp_path).named_parameters())
-    if metrics["kept"] == "average":
-        expected = {n: (kept[0][n] + kept[1][n]) / 2 for n in kept[0]}
-        assert metrics["val_loss"] == pytest.approx(metrics["averaged_val_loss"], abs=1e-5)
-    else:
-        expected = kept[int(metrics["kept"].split()[-1]) - 1]
+    expected = {n: (kept[0][n] + kept[1][n]) / 2 for n in kept[0]}
     assert all(torch.allclose(saved[n], expected[n], atol=1e-6) for n in expected)
+    assert not torch.allclose(kept[0]["classifier.weight"], kept[1]["classifier.weight"])
     assert not torch.equal(saved["classifier.weight"], starts[0]["classifier.weight"])
-    assert metrics["val_loss"] == pytest.approx(min(metrics["member_val_losses"] + [metrics["averaged_val_loss"]]),
-                                                abs=1e-5)
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
