@@ -197,8 +197,8 @@ def fmt_row(name, acc, seconds, note) -> str:
     return (f"| {name} | {acc['accuracy']:.1%} [{acc['ci_low']:.1%}, {acc['ci_high']:.1%}] | {seconds} | {note} |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, split and model options every reward benchmark shares."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.exists() else None,
                         help=f"hh-rlhf JSONL (default: {DEFAULT_DATA} when it exists)")
     parser.add_argument("--train", type=int, default=1300, help="first N lines train (default 1300)")
@@ -206,6 +206,23 @@ def main() -> int:
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+
+
+def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
+    """(train, test): the first --train and the last --test pairs of --data."""
+    from model.pairs import read_pairs
+
+    if args.data is None:
+        parser.error("--data is required (no default data file here)")
+    pairs = read_pairs(args.data)
+    if len(pairs) < args.train + args.test:
+        parser.error(f"{args.data} has {len(pairs)} pairs, fewer than --train + --test")
+    return pairs[:args.train], pairs[-args.test:]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_split_arguments(parser)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
     parser.add_argument("--full-members", type=int, default=1,
@@ -222,17 +239,10 @@ def main() -> int:
                              "instead of mean pooling), trl, full")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
-    if args.data is None:
-        parser.error("--data is required (no default data file here)")
     import torch
 
     torch.set_num_threads(args.threads)
-    from model.pairs import read_pairs
-
-    pairs = read_pairs(args.data)
-    if len(pairs) < args.train + args.test:
-        parser.error(f"{args.data} has {len(pairs)} pairs, fewer than --train + --test")
-    train, test = pairs[:args.train], pairs[-args.test:]
+    train, test = read_split(parser, args)
     which = [name.strip() for name in args.only.split(",")]
     unknown = set(which) - set(SECTIONS)
     if unknown:

@@ -1,5 +1,6 @@
-"""The reward benchmark runs end to end (tiny model, tiny hh-rlhf-style data): a benchmark that crashes
-after minutes of training wastes them, so its whole path is checked here, not its figures."""
+"""The reward benchmarks run end to end (tiny model, tiny hh-rlhf-style data): a benchmark that crashes
+after minutes of training wastes them, so its whole path is checked here, not its figures; and what the
+members benchmark scores is what a training with that many members saves."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 from tiny_models import tiny_encoder
 
@@ -40,3 +42,44 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     assert all(r["members"] == 2 and 0 <= r["accuracy"] <= 1 for r in results["full"])
     assert results["full_minus_trl"]["seeds"] == [1, 2]
     assert "| full mode (1 epochs x 2 averaged" in done.stdout and "full - TRL =" in done.stdout
+
+
+def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_members_saves_it(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_members import saved_margins
+
+    from model.pairs import read_pairs
+    from model.reward import TrainConfig
+    from model.training import train_reward_model
+
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(40)) + "\n")
+    encoder = str(tiny_encoder(tmp_path / "enc"))
+    common = ["--data", str(data), "--train", "30", "--test", "10", "--base-model", encoder,
+              "--max-length", "128", "--threads", "1", "--seeds", "1"]
+    members_json, trl_json, plot = tmp_path / "members.json", tmp_path / "trl.json", tmp_path / "members.png"
+    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", *common, "--members", "3",
+                           "--json-out", str(members_json)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = json.loads(members_json.read_text())
+    assert len(run["member"]) == len(run["averaged"]) == len(run["ensemble"]) == 3
+    assert run["averaged"][0]["margins"] == run["member"][0]["margins"] == run["ensemble"][0]["margins"]
+
+    pairs = read_pairs(data)
+    out = tmp_path / "two"
+    out.mkdir()
+    train_reward_model(pairs[:30], TrainConfig(mode="full", base_model=encoder, max_length=128, threads=1, seed=1,
+                                               members=2), out)
+    saved = saved_margins(out, pairs[-10:])
+    # a real two-member training saves exactly the average the benchmark scored for its first two members
+    assert saved == pytest.approx(run["averaged"][1]["margins"], rel=1e-4, abs=1e-7)
+    assert saved != pytest.approx(run["member"][0]["margins"], rel=1e-4, abs=1e-7)
+
+    done = subprocess.run([sys.executable, "benchmarks/bench_reward.py", *common, "--only", "trl",
+                           "--json-out", str(trl_json)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", "--results", str(members_json),
+                           "--trl", str(trl_json), "--plot", str(plot)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| 3 |" in done.stdout and plot.stat().st_size > 0
