@@ -26,16 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_reward import (add_split_arguments, log, paired_gap, read_split,  # noqa: E402
-                                     test_accuracy)
-
-
-def saved_margins(folder: Path, test) -> list[float]:
-    """Chosen-minus-rejected reward margins of the test pairs under a saved folder, as the backend scores."""
-    from model.reward import RewardModel
-
-    model = RewardModel.load(folder)
-    r = model.rewards([p.prompt for p in test] * 2, [p.chosen for p in test] + [p.rejected for p in test])
-    return [c - x for c, x in zip(r[:len(test)], r[len(test):])]
+                                     saved_margins, test_accuracy)
 
 
 def run_seed(train, test, args, seed: int, work: Path) -> dict:

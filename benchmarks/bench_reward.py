@@ -57,13 +57,18 @@ def paired_gap(ours: list[list[float]], theirs: list[list[float]]) -> dict:
     return {"gap": gap, "ci_low": lo, "ci_high": hi}
 
 
-def score_saved(folder: Path, test) -> dict:
-    """Test accuracy of a saved version folder, scored as the backend serves it."""
+def saved_margins(folder: Path, test) -> list[float]:
+    """Chosen-minus-rejected reward margins of the test pairs under a saved folder, as the backend scores."""
     from model.reward import RewardModel
 
     model = RewardModel.load(folder)
     r = model.rewards([p.prompt for p in test] * 2, [p.chosen for p in test] + [p.rejected for p in test])
-    return test_accuracy([c - x for c, x in zip(r[:len(test)], r[len(test):])])
+    return [c - x for c, x in zip(r[:len(test)], r[len(test):])]
+
+
+def score_saved(folder: Path, test) -> dict:
+    """Test accuracy of a saved version folder, scored as the backend serves it."""
+    return test_accuracy(saved_margins(folder, test))
 
 
 def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean",

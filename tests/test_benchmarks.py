@@ -46,7 +46,7 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
 
 def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_members_saves_it(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_members import saved_margins
+    from benchmarks.bench_reward import saved_margins
 
     from model.pairs import read_pairs
     from model.reward import TrainConfig
@@ -63,7 +63,6 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = json.loads(members_json.read_text())
     assert len(run["member"]) == len(run["averaged"]) == len(run["ensemble"]) == 3
-    assert run["averaged"][0]["margins"] == run["member"][0]["margins"] == run["ensemble"][0]["margins"]
 
     pairs = read_pairs(data)
     out = tmp_path / "two"
