@@ -58,7 +58,7 @@ def export_command(args, settings: Settings) -> int:
         fields = parse_label_config(ls.projects.get(id=args.project).label_config)
         tasks = json.loads(b"".join(ls.projects.exports.download_sync(id=args.project, export_type="JSON")))
         pairs = pairs_from_tasks(tasks, fields)
-    count = write_trl_jsonl(pairs, args.output)
+    count = write_trl_jsonl(pairs, args.output, conversational=args.conversational)
     print(f"wrote {count} preference pairs to {args.output}", file=sys.stderr)
     return 0
 
@@ -136,7 +136,8 @@ def eval_command(args, settings: Settings) -> int:
 
 def _data_help() -> str:
     return ("pairs file: a Label Studio export (JSON, JSON_MIN or CSV), TRL JSONL {prompt, chosen, rejected} "
-            "or hh-rlhf JSONL {chosen, rejected}; the format is detected")
+            "(text or conversational), or {chosen, rejected} conversations sharing their prompt (hh-rlhf, "
+            "TRL's implicit-prompt form); the format is detected")
 
 
 def register(subparsers) -> None:
@@ -151,6 +152,10 @@ def register(subparsers) -> None:
     source.add_argument("--project", type=int, help="Label Studio project id, exported through LABEL_STUDIO_URL "
                         "with LABEL_STUDIO_API_KEY; field names come from its label config")
     p.add_argument("-o", "--output", required=True, help="JSONL file to write")
+    p.add_argument("--conversational", action="store_true",
+                   help="TRL's conversational form: the prompt as chat messages (an hh-rlhf transcript turn by "
+                        "turn) and each answer as an assistant message, for trainers that apply the policy's "
+                        "chat template (DPO on a chat model)")
     p.add_argument("--label-config", metavar="XML", help="with --from: the project's label config, for renamed "
                    "fields (default: prompt/answer1/answer2 and a Pairwise control named comparison)")
     p.set_defaults(handler=export_command)

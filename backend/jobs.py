@@ -18,6 +18,7 @@ from backend.labels import parse_label_config
 from backend.labelstudio import LabelStudioClient, LabelStudioUnavailable, ProjectRegistry, resolve_connection
 from backend.queue import GENERATE, MAINTENANCE, REPORT, TRAIN, JobQueue
 from backend.serving import ModelCache, has_answers, pairwise_result
+from model.conversation import prompt_text
 from model.pairs import GENERATION_KEY, TaskFields
 from model.store import VersionStore
 
@@ -152,7 +153,7 @@ def _write_answers(ctx: WorkerContext, ls: LabelStudioClient, project: int, task
     ls.update_task_data(task_id, data)
     scorer = ctx.models.scorer(project)
     if scorer is not None:  # so the annotator sees a guess at once, without waiting for /predict
-        p_left = scorer.model.preference([data.get(fields.prompt) or ""], [left], [right])[0]
+        p_left = scorer.model.preference([prompt_text(data.get(fields.prompt))], [left], [right])[0]
         item = pairwise_result(fields, float(p_left), scorer.version)
         ls.create_prediction(task_id, item["result"], item["score"], scorer.version)
     return "filled"
@@ -241,7 +242,7 @@ def _refresh_predictions(ctx: WorkerContext, ls: LabelStudioClient, project: int
     for start in range(0, len(tasks), 64):
         chunk = tasks[start:start + 64]
         data = [t["data"] for t in chunk]
-        p_left = scorer.model.preference([d.get(fields.prompt) or "" for d in data],
+        p_left = scorer.model.preference([prompt_text(d.get(fields.prompt)) for d in data],
                                          [d[fields.left] for d in data], [d[fields.right] for d in data])
         for task, p in zip(chunk, p_left):
             item = pairwise_result(fields, float(p), scorer.version)

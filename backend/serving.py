@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from backend.config import Settings
+from model.conversation import prompt_text
 from model.pairs import TaskFields
 from model.store import VersionStore
 
@@ -117,8 +118,8 @@ def predict(scorer: Scorer | None, tasks: list[dict], fields: TaskFields) -> lis
     for start in range(0, len(ready), SCORE_BATCH):
         chunk = ready[start:start + SCORE_BATCH]
         data = [tasks[i]["data"] for i in chunk]
-        prompts = [d.get(fields.prompt) if isinstance(d.get(fields.prompt), str) else "" for d in data]
-        p_left = scorer.model.preference(prompts, [d[fields.left] for d in data], [d[fields.right] for d in data])
+        p_left = scorer.model.preference([prompt_text(d.get(fields.prompt)) for d in data],
+                                         [d[fields.left] for d in data], [d[fields.right] for d in data])
         for i, p in zip(chunk, p_left):
             items[i] = pairwise_result(fields, float(p), scorer.version)
     return items

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from model.conversation import (ASSISTANT_CUE, answer_text, is_messages, plain_text, prompt_messages, prompt_text,
+                                split_conversations)
+
 # Key in task data where the generation job records which candidate went left, and how it was made.
 # Task data (not meta) because every export format (JSON, JSON_MIN, CSV) carries data keys.
 GENERATION_KEY = "rlhf_generation"
-
-# hh-rlhf transcripts: the prompt is everything up to (and including) the last assistant cue.
-HH_ASSISTANT = "\n\nAssistant:"
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,6 @@ class PreferencePair:
     meta: dict = field(default_factory=dict, compare=False)
 
 
-def _text(value) -> str:
-    return value if isinstance(value, str) else ("" if value is None else str(value))
-
-
 def _generation(data: dict) -> dict:
     """data[GENERATION_KEY] as a dict; CSV exports carry it as a JSON string."""
     value = data.get(GENERATION_KEY)
@@ -72,12 +68,12 @@ def _source(data: dict, side: str) -> str | None:
 
 
 def _make_pair(data: dict, selected: str, fields: TaskFields, meta: dict) -> PreferencePair | None:
-    left, right = _text(data.get(fields.left)), _text(data.get(fields.right))
+    left, right = plain_text(data.get(fields.left)), plain_text(data.get(fields.right))
     if not left.strip() or not right.strip():
         return None
     chosen, rejected = (left, right) if selected == "left" else (right, left)
     meta = {**meta, "chosen_side": selected, "chosen_source": _source(data, selected)}
-    return PreferencePair(_text(data.get(fields.prompt)), chosen, rejected, meta)
+    return PreferencePair(prompt_text(data.get(fields.prompt)), chosen, rejected, meta)
 
 
 def selected_side(result: Iterable[dict], fields: TaskFields = DEFAULT_FIELDS) -> str | None:
@@ -196,10 +192,10 @@ def split_hh(chosen: str, rejected: str) -> PreferencePair:
     limit = min(len(chosen), len(rejected))
     while n < limit and chosen[n] == rejected[n]:
         n += 1
-    cut = chosen.rfind(HH_ASSISTANT, 0, n)
-    if cut < 0 or cut + len(HH_ASSISTANT) > n:
+    cut = chosen.rfind(ASSISTANT_CUE, 0, n)
+    if cut < 0 or cut + len(ASSISTANT_CUE) > n:
         return PreferencePair("", chosen.strip(), rejected.strip())
-    end = cut + len(HH_ASSISTANT)
+    end = cut + len(ASSISTANT_CUE)
     return PreferencePair(chosen[:end], chosen[end:].strip(), rejected[end:].strip())
 
 
@@ -213,11 +209,13 @@ def _pairs_from_records(rows: list[dict], fields: TaskFields) -> list[Preference
     if "chosen" in first and "rejected" in first:
         pairs = []
         for i, row in enumerate(rows):
-            chosen, rejected = _text(row.get("chosen")), _text(row.get("rejected"))
-            if "prompt" in row:
-                pair = PreferencePair(_text(row["prompt"]), chosen, rejected)
-            else:
-                pair = split_hh(chosen, rejected)
+            chosen, rejected = row.get("chosen"), row.get("rejected")
+            if "prompt" in row:  # TRL's explicit-prompt form, text or conversational
+                pair = PreferencePair(prompt_text(row["prompt"]), answer_text(chosen), answer_text(rejected))
+            elif is_messages(chosen) and is_messages(rejected):  # TRL's implicit-prompt conversations
+                pair = PreferencePair(*split_conversations(chosen, rejected))
+            else:  # hh-rlhf transcripts
+                pair = split_hh(plain_text(chosen), plain_text(rejected))
             extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
             pairs.append(PreferencePair(pair.prompt, pair.chosen, pair.rejected, {"line": i, **extra}))
         return pairs
@@ -226,7 +224,8 @@ def _pairs_from_records(rows: list[dict], fields: TaskFields) -> list[Preference
 
 def read_pairs(path, fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair]:
     """Read pairs from a file, detecting the format: LS JSON export, JSON_MIN, CSV export, TRL JSONL
-    {"prompt","chosen","rejected"}, or hh-rlhf JSONL {"chosen","rejected"}."""
+    {"prompt","chosen","rejected"} (text or conversational), or {"chosen","rejected"} conversations
+    whose shared beginning is the prompt (hh-rlhf transcripts, TRL's implicit-prompt form)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8-sig")
     head = text.lstrip()[:1]
@@ -242,9 +241,11 @@ def read_pairs(path, fields: TaskFields = DEFAULT_FIELDS) -> list[PreferencePair
     return _pairs_from_records(records, fields)
 
 
-def write_trl_jsonl(pairs: Iterable[PreferencePair], path) -> int:
+def write_trl_jsonl(pairs: Iterable[PreferencePair], path, conversational: bool = False) -> int:
     """Write TRL's explicit-prompt preference format, one {"prompt","chosen","rejected"} per line, plus a
     boolean "both_bad" (the annotator found both answers bad; filter on it before RL if you like).
+    `conversational`: the prompt as chat messages (a transcript turn by turn) and each answer as one
+    assistant message, so TRL applies the policy's chat template instead of reading raw text.
 
     Other meta values have mixed types (ids, None, floats) that would trip
     `datasets.load_dataset("json")` schema inference, so they stay out; "both_bad" is always a bool.
@@ -252,7 +253,10 @@ def write_trl_jsonl(pairs: Iterable[PreferencePair], path) -> int:
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-                                "both_bad": bool(p.meta.get("both_bad"))}, ensure_ascii=False) + "\n")
+            row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+            if conversational:
+                row = {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
+                       "rejected": [{"role": "assistant", "content": p.rejected}]}
+            f.write(json.dumps({**row, "both_bad": bool(p.meta.get("both_bad"))}, ensure_ascii=False) + "\n")
             count += 1
     return count

@@ -70,6 +70,22 @@ def test_predict_builds_pairwise_results_in_task_order():
     assert items[2]["result"][0]["value"]["selected"] == "right" and items[2]["score"] == 0.8
 
 
+def test_predict_gives_the_reward_model_each_prompts_text_conversations_included():
+    seen = []
+
+    class Recorder(FavoursLonger):
+        def preference(self, prompts, lefts, rights):
+            seen.extend(prompts)
+            return super().preference(prompts, lefts, rights)
+
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bread?"}]
+    tasks = [{"id": i, "data": {"prompt": prompt, "answer1": "a", "answer2": "b"}}
+             for i, prompt in enumerate([chat, "plain", [{"role": "user", "content": "Just this"}]])]
+    predict(Scorer("v1", Recorder()), tasks, DEFAULT_FIELDS)
+    assert seen == ["\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bread?\n\nAssistant:", "plain", "Just this"]
+
+
 @pytest.mark.parametrize("name", ["webhook_TASKS_CREATED", "webhook_ANNOTATION_CREATED",
                                   "webhook_ANNOTATION_UPDATED", "webhook_ANNOTATIONS_DELETED",
                                   "webhook_START_TRAINING", "webhook_PROJECT_UPDATED"])

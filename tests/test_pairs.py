@@ -159,3 +159,50 @@ def test_ties_are_dropped_and_both_bad_is_kept_as_a_flag(tmp_path):
     write_trl_jsonl(pairs, out)
     rows = [_json.loads(line) for line in out.read_text().splitlines()]
     assert [r["both_bad"] for r in rows] == [False, True]
+
+
+BREAD = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
+BREAD_MESSAGES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "How do I bake bread?"}]
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+@pytest.mark.parametrize("row", [
+    {"chosen": BREAD + " Mix flour.", "rejected": BREAD + " Buy some."},                      # hh-rlhf text
+    {"prompt": BREAD, "chosen": "Mix flour.", "rejected": "Buy some."},                        # TRL text
+    {"prompt": BREAD_MESSAGES, "chosen": assistant("Mix flour."), "rejected": assistant("Buy some.")},
+    {"chosen": BREAD_MESSAGES + assistant("Mix flour."), "rejected": BREAD_MESSAGES + assistant("Buy some.")},
+], ids=["hh-text", "trl-text", "trl-conversational", "trl-implicit-conversational"])
+def test_every_form_of_one_conversation_reads_as_the_same_pair(tmp_path, row):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    assert summary_plain(read_pairs(path)) == [(BREAD, "Mix flour.", "Buy some.")]
+
+
+def test_a_task_whose_prompt_is_chat_messages_gives_the_transcript_as_prompt():
+    task = {"id": 1, "data": {"prompt": BREAD_MESSAGES, "answer1": "Mix flour.", "answer2": "Buy some."},
+            "annotations": [{"id": 2, "result": [{"from_name": "comparison", "type": "pairwise",
+                                                  "value": {"selected": "right"}}]}]}
+    assert summary(pairs_from_tasks([task])) == [(BREAD, "Buy some.", "Mix flour.", "right")]
+
+
+def test_the_conversational_export_reads_back_and_trl_renders_it_with_a_chat_template(tmp_path):
+    from tiny_models import build_tokenizer
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    pairs = [PreferencePair(BREAD, "Mix flour.", "Buy some."), PreferencePair("Name a colour.", "Red.", "No.")]
+    path = tmp_path / "pairs.jsonl"
+    assert write_trl_jsonl(pairs, path, conversational=True) == 2
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0] == {"prompt": BREAD_MESSAGES, "chosen": assistant("Mix flour."),
+                       "rejected": assistant("Buy some."), "both_bad": False}
+    assert rows[1]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert read_pairs(path) == pairs  # a multi-turn transcript and a lone question both come back as they were
+    example = {k: rows[0][k] for k in ("prompt", "chosen", "rejected")}
+    assert is_conversational(example)
+    rendered = apply_chat_template(example, build_tokenizer())
+    assert rendered["prompt"].endswith("<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered["chosen"].startswith("Mix flour.") and rendered["rejected"].startswith("Buy some.")
