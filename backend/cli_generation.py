@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from backend.config import ConfigError, Settings, generation_config
+from model.generator import prompt_problem
 from model.pairs import DEFAULT_FIELDS, GENERATION_KEY, TaskFields
 
 IMPORT_BATCH = 500
@@ -112,9 +113,9 @@ def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict
                              (DEFAULT_FIELDS.right, fields.right)):
             if key not in data and default in data:
                 data[key] = data.pop(default)
-        prompt = data.get(fields.prompt)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f'item {number} has no "{fields.prompt}" text')
+        problem = prompt_problem(data.get(fields.prompt))
+        if problem:
+            raise ConfigError(f'item {number}: "{fields.prompt}": {problem}')
         for key in (fields.left, fields.right):
             if data.get(key) is None:
                 data[key] = ""
@@ -168,7 +169,9 @@ def register(subparsers) -> None:
                     "and how the answers were made. Exit status 1 if any prompt failed (the others "
                     "are still written). Options left out take their values from the environment.")
     p.add_argument("prompts", metavar="PROMPTS",
-                   help='a JSON list (strings or objects with "prompt"), JSONL, or text with one prompt per line')
+                   help='a JSON list (strings or objects with "prompt"), JSONL, or text with one prompt per line; '
+                        'a prompt is text, an hh-rlhf transcript ("\\n\\nHuman: ...\\n\\nAssistant:") or a list '
+                        'of chat messages [{"role", "content"}], and a conversation is answered as one')
     p.add_argument("-o", "--output", required=True, metavar="DATASET", help="where to write the dataset JSON")
     p.add_argument("--model", help="overrides GENERATOR_MODEL: smollm2, a Hugging Face id, a folder or a .gguf")
     p.add_argument("--max-new-tokens", type=int, help="overrides MAX_NEW_TOKENS: the longest answer in tokens")

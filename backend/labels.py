@@ -12,6 +12,9 @@ from label_studio_sdk.label_interface import LabelInterface
 from model.pairs import BOTH_BAD, TIE, TaskFields
 
 
+PROMPT_TAGS = ("text", "paragraphs")
+
+
 class LabelConfigError(ValueError):
     """The label config cannot drive this backend; the message says what is missing."""
 
@@ -55,12 +58,13 @@ def parse_label_config(config: str) -> TaskFields:
             raise LabelConfigError(f'<Text name="{name}"> needs a task-data value such as value="${name}"')
         answer_keys.append(key)
 
+    # A conversation shows best as <Paragraphs layout="dialogue" nameKey="role" textKey="content">.
     prompts = [o for o in interface.objects
-               if o.tag.lower() == "text" and o.name not in targets and text_data_key(o)]
+               if o.tag.lower() in PROMPT_TAGS and o.name not in targets and text_data_key(o)]
     if not prompts:
-        raise LabelConfigError('the label config has no <Text> for the prompt besides the two answers, '
-                               'e.g. <Text name="prompt" value="$prompt"/>')
-    # Several extra Texts: prefer one literally called "prompt", else the first in the config.
+        raise LabelConfigError('the label config has no <Text> or <Paragraphs> for the prompt besides the two '
+                               'answers, e.g. <Text name="prompt" value="$prompt"/>')
+    # Several candidates: prefer one literally called "prompt", else the first in the config.
     prompt = next((o for o in prompts if o.name == "prompt"), prompts[0])
     return TaskFields(pairwise=control.name, prompt=text_data_key(prompt),
                       left=answer_keys[0], right=answer_keys[1], judgement=_judgement_control(interface))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from model.conversation import end_of_turn, is_messages, prompt_messages, prompt_text
 from model.hardware import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class GenerationConfig:
 
 @dataclass
 class Candidates:
-    prompt: str
+    prompt: str | list                # as given: text or chat messages (repr of anything else)
     answers: tuple[str, str] | None   # (answer A, answer B); None when this prompt failed
     error: str | None = None          # per-prompt problem: empty / non-string prompt, etc.
     truncated: bool = False           # prompt was left-truncated to fit the model's context
@@ -83,12 +84,21 @@ def load_generator(config: GenerationConfig) -> Generator:
 
 
 def prompt_problem(prompt) -> str | None:
-    """Why a prompt cannot be answered, or None."""
-    if not isinstance(prompt, str):
-        return f"the prompt must be a string, got {type(prompt).__name__}"
-    if not prompt.strip():
-        return "the prompt is empty"
-    return None
+    """Why a prompt cannot be answered, or None. A prompt is text (an hh-rlhf transcript is a
+    conversation) or a list of chat messages."""
+    if is_messages(prompt):
+        text = "".join(m["content"] for m in prompt if m["role"] != "assistant")
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        return ('the prompt must be text or a list of chat messages ({"role": "user", "content": "..."}), '
+                f"got {type(prompt).__name__}")
+    return None if text.strip() else "the prompt is empty"
+
+
+def printable_prompt(prompt):
+    """Candidates.prompt: the prompt as given when it is one, else its repr for the error message."""
+    return prompt if isinstance(prompt, str) or is_messages(prompt) else repr(prompt)
 
 
 def needs_resample(answers: tuple[str, str]) -> bool:
@@ -238,20 +248,22 @@ class _LM:
             raise GenerationError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in "
                                   f"{name}'s {self.context}-token context")
 
-    def _format(self, prompt: str) -> list[int]:
+    def _format(self, text: str) -> list[int]:
+        """A chat model gets the conversation turn by turn through its template; any other model the
+        text itself (a transcript then ends with the assistant's cue, where the model continues)."""
         if self.tok.chat_template:
-            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                               add_generation_prompt=True, tokenize=True)
+            ids = self.tok.apply_chat_template(prompt_messages(text), add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        return self.tok(prompt)["input_ids"]
+        return self.tok(text)["input_ids"]
 
-    def encode(self, prompt: str) -> tuple[list[int], bool]:
-        """Token ids of the formatted prompt; over-long prompts lose their beginning (the question is
-        usually at the end) while the chat template's markers stay intact."""
-        ids = self._format(prompt)
+    def encode(self, prompt) -> tuple[list[int], bool]:
+        """Token ids of the formatted prompt (text or chat messages); over-long prompts lose their
+        beginning (the question is usually at the end) while the chat template's markers stay intact."""
+        text = prompt_text(prompt)  # a conversation as its transcript, cut at the front if it must be
+        ids = self._format(text)
         if len(ids) <= self.max_prompt:
             return ids, False
-        content = self.tok(prompt, add_special_tokens=False)["input_ids"]
+        content = self.tok(text, add_special_tokens=False)["input_ids"]
         keep = len(content) - (len(ids) - self.max_prompt)
         for _ in range(4):  # decode/re-encode can shift a token or two at the cut
             ids = self._format(self.tok.decode(content[-max(keep, 1):]))
@@ -281,6 +293,8 @@ class _LM:
                                           pad_token_id=self.tok.pad_token_id)
                 new = out[:, enc["input_ids"].shape[1]:]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
+        if not self.tok.chat_template:
+            texts = [end_of_turn(t) for t in texts]
         return ([[t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(batch))],
                 count_new_tokens(new, self.eos_ids))
 
@@ -352,8 +366,7 @@ class LocalGenerator:
 
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)  # same prompts + same seed -> same answers
-        results = [Candidates(prompt=p if isinstance(p, str) else repr(p), answers=None,
-                              error=prompt_problem(p)) for p in prompts]
+        results = [Candidates(prompt=printable_prompt(p), answers=None, error=prompt_problem(p)) for p in prompts]
         todo = [i for i, r in enumerate(results) if r.error is None]
         ids_a, ids_b = {}, {}
         for i in todo:

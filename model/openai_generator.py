@@ -11,8 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from model.conversation import prompt_messages
 from model.generator import (MAX_TRIES, Candidates, GenerationConfig, GenerationError, Progress,
-                             needs_resample, prompt_problem, same_answer_error)
+                             needs_resample, printable_prompt, prompt_problem, same_answer_error)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ class OpenAIGenerator:
     def _redact(self, text: str) -> str:
         return text.replace(self.config.api_key, "***") if self.config.api_key else text
 
-    def _chat(self, model: str, prompt: str, n: int) -> list[str]:
+    def _chat(self, model: str, prompt, n: int) -> list[str]:
         """n answers from one model; raises GenerationError for server-wide failures, ValueError for a
         request the server rejects because of this prompt (e.g. too long)."""
         c = self.config
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+        body = {"model": model, "messages": prompt_messages(prompt),
                 "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "n": n}
         if c.seed is not None:
             body["seed"] = c.seed
@@ -73,7 +74,7 @@ class OpenAIGenerator:
             raise GenerationError(f"the generation server at {where} sent a response that is not a chat "
                                   f"completion ({type(exc).__name__})") from None
 
-    def _pair(self, prompt: str) -> tuple[str, str]:
+    def _pair(self, prompt) -> tuple[str, str]:
         c = self.config
         if c.model_b:
             return self._chat(c.model, prompt, 1)[0], self._chat(c.model_b, prompt, 1)[0]
@@ -85,8 +86,7 @@ class OpenAIGenerator:
     def generate(self, prompts: list, progress: Progress | None = None) -> list[Candidates]:
         results = []
         for done, prompt in enumerate(prompts, 1):
-            result = Candidates(prompt=prompt if isinstance(prompt, str) else repr(prompt), answers=None,
-                                error=prompt_problem(prompt))
+            result = Candidates(prompt=printable_prompt(prompt), answers=None, error=prompt_problem(prompt))
             if result.error is None:
                 try:
                     for _ in range(MAX_TRIES):

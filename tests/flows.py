@@ -18,12 +18,13 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Ho
 
 
 def full_loop(ls_url: str, ls_token: str, backend_url: str, ls_backend_url: str, model_dir: Path,
-              auth: tuple[str, str] | None = None, timeout: float = 240) -> dict:
+              auth: tuple[str, str] | None = None, timeout: float = 240, prompts: list = PROMPTS,
+              label_config: str = "label_config.xml") -> dict:
     """Create a project, connect the backend (at `ls_backend_url`, as Label Studio reaches it), import
     prompt-only tasks, wait for answers, get predictions, annotate, press Start Training, and check that
     Label Studio gets predictions of the new version. Returns what it saw."""
     ls = LabelStudio(base_url=ls_url, api_key=ls_token)
-    config = (Path(__file__).parent.parent / "label_config.xml").read_text()
+    config = (Path(__file__).parent.parent / label_config).read_text()
     project = ls.projects.create(title="RLHF loop", label_config=config)
 
     # Connect the backend as Label Studio's UI does (Settings -> Model -> Connect model).
@@ -38,14 +39,14 @@ def full_loop(ls_url: str, ls_token: str, backend_url: str, ls_backend_url: str,
         poll(hook_has_auth, 60, message="Authorization header on Label Studio's webhook")
 
     # Prompt-only import: LS needs the answer keys, empty (this is what `rlhf-backend import` does).
-    ls.projects.import_tasks(id=project.id, request=[{"prompt": p, "answer1": "", "answer2": ""} for p in PROMPTS])
+    ls.projects.import_tasks(id=project.id, request=[{"prompt": p, "answer1": "", "answer2": ""} for p in prompts])
 
     def all_filled():
         tasks = list(ls.tasks.list(project=project.id, fields="all"))
         return tasks if all(t.data.get("answer1") and t.data.get("answer2") for t in tasks) else None
     tasks = poll(all_filled, timeout, interval=1, message="answers written into every task")
     for task in tasks:
-        assert task.data["prompt"] in PROMPTS
+        assert task.data["prompt"] in prompts
         assert task.data["answer1"] != task.data["answer2"]
         assert task.data[GENERATION_KEY]["left"] in ("a", "b")
 

@@ -90,9 +90,13 @@ def test_build_tasks_fills_missing_answers_and_renames_to_the_project_fields():
         {"data": {"question": "Why?", "left": "Because.", "right": ""}},
     ]
     assert build_tasks(["hi"]) == [{"data": {"prompt": "hi", "answer1": "", "answer2": ""}}]
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bread?"}]
+    assert build_tasks([{"prompt": chat}]) == [{"data": {"prompt": chat, "answer1": "", "answer2": ""}}]
 
 
-@pytest.mark.parametrize("record", [{"answer1": "x"}, {"prompt": "  "}, 42])
+@pytest.mark.parametrize("record", [{"answer1": "x"}, {"prompt": "  "}, 42, {"prompt": [{"role": "user"}]},
+                                    {"prompt": [{"role": "user", "content": ""}]}])
 def test_build_tasks_rejects_records_without_a_prompt(record):
     with pytest.raises(ConfigError, match="item 2"):
         build_tasks(["fine", record])

@@ -51,6 +51,34 @@ def test_full_loop(label_studio, backend):
     assert seen["health"]["status"] == "UP" and seen["health"]["workers"] == 1
 
 
+def test_full_loop_with_conversations_exported_for_trl(label_studio, backend, tmp_path):
+    """Prompts imported as chat messages (label_config_chat.xml shows them as a dialogue): answers are
+    generated for the conversation, predicted, trained on, and exported in TRL's conversational form."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from flows import PROMPTS
+
+    chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+              {"role": "user", "content": p}] for p in PROMPTS]
+    seen = full_loop(label_studio, LS_TOKEN, backend["url"], backend["url"], backend["models"], auth=AUTH,
+                     prompts=chats, label_config="label_config_chat.xml")
+    assert {p.task for p in seen["latest_predictions"]} >= {t.id for t in seen["unlabelled"]}
+    out = tmp_path / "pairs.jsonl"
+    env = dict(os.environ, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN)
+    subprocess.run([sys.executable, "-m", "backend.cli", "export", "--project", str(seen["project"]),
+                    "--conversational", "-o", str(out)], env=env, check=True, cwd=ROOT, timeout=120)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    answers = {t.data["prompt"][-1]["content"]: {t.data["answer1"], t.data["answer2"]} for t in seen["tasks"]}
+    assert len(rows) == len(seen["tasks"]) - len(seen["unlabelled"])
+    for row in rows:
+        assert row["prompt"] in chats
+        assert {row["chosen"][0]["content"], row["rejected"][0]["content"]} == answers[row["prompt"][-1]["content"]]
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+
+
 def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_conn):
     """A person fills an answer while the generation job is busy generating: the job must leave that task
     alone (it re-reads each task right before its write) and still fill the others."""

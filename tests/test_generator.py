@@ -71,13 +71,15 @@ def test_batched_answers_belong_to_their_own_prompt(tiny, monkeypatch):
 
 
 def test_bad_prompts_get_errors_and_the_others_still_succeed(tiny):
-    prompts = ["hello", "", "   ", None, 3, "Write a poem about the sea."]
+    prompts = ["hello", "", "   ", None, 3, [{"role": "user"}], [{"role": "user", "content": " "}],
+               "Write a poem about the sea."]
     results = local(tiny).generate(prompts)
     assert len(results) == len(prompts)
-    assert [r.error is None for r in results] == [True, False, False, False, False, True]
-    assert "empty" in results[1].error and "string" in results[3].error and "int" in results[4].error
-    assert all(r.answers is None for r in results[1:5])
-    assert all(r.answers and r.answers[0] != r.answers[1] for r in (results[0], results[5]))
+    assert [r.error is None for r in results] == [True, False, False, False, False, False, False, True]
+    assert "empty" in results[1].error and "chat messages" in results[3].error and "int" in results[4].error
+    assert "list" in results[5].error and "empty" in results[6].error
+    assert all(r.answers is None for r in results[1:7])
+    assert all(r.answers and r.answers[0] != r.answers[1] for r in (results[0], results[7]))
 
 
 def test_over_long_prompt_is_left_truncated_and_recorded(tiny):
@@ -91,6 +93,46 @@ def test_over_long_prompt_is_left_truncated_and_recorded(tiny):
     results = g.generate([long_prompt, "hello"])
     assert results[0].truncated and results[0].answers and results[0].error is None
     assert not results[1].truncated
+
+
+CONVERSATION = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": "How do I bake bread?"}]
+TRANSCRIPT = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: How do I bake bread?\n\nAssistant:"
+
+
+def test_a_conversation_reaches_the_chat_template_turn_by_turn_as_messages_or_as_a_transcript(tiny):
+    g = local(tiny)
+    expected = g.lm_a.tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    assert expected.count("<|im_start|>user") == 2 and "<|im_start|>assistant\nHello!" in expected
+    for prompt in (CONVERSATION, TRANSCRIPT):
+        ids, truncated = g.lm_a.encode(prompt)
+        assert g.lm_a.tok.decode(ids) == expected and not truncated
+    results = g.generate([CONVERSATION, TRANSCRIPT])
+    assert results[0].prompt == CONVERSATION and results[1].prompt == TRANSCRIPT  # kept as given
+    assert all(r.error is None and r.answers for r in results)
+
+
+def test_a_long_conversation_loses_its_first_turns_and_keeps_the_last(tiny):
+    g = local(tiny, max_new_tokens=16)
+    long = [{"role": "user", "content": "Tell me about foxes. " * 40},
+            {"role": "assistant", "content": "Foxes are small canids. " * 20}, *CONVERSATION]
+    ids, truncated = g.lm_a.encode(long)
+    text = g.lm_a.tok.decode(ids)
+    assert truncated and len(ids) <= 256 - 16
+    assert text.startswith("<|im_start|>user\n")  # never a cut-off assistant turn first
+    assert text.endswith("<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_model_without_chat_template_continues_the_transcript_and_stops_at_the_next_human_turn(
+        tiny, monkeypatch):
+    g = local(tiny)
+    monkeypatch.setattr(g.lm_a.tok, "chat_template", None)
+    ids, _ = g.lm_a.encode(CONVERSATION)
+    assert g.lm_a.tok.decode(ids, skip_special_tokens=True).endswith("How do I bake bread?\n\nAssistant:")
+    monkeypatch.setattr(g.lm_a.tok, "batch_decode", lambda new, **kw: [
+        f" Knead it {i}.\n\nHuman: thanks\n\nAssistant: welcome" for i in range(len(new))])
+    [result] = g.generate([TRANSCRIPT])
+    assert result.answers == ("Knead it 0.", "Knead it 1.")
 
 
 def test_no_room_for_a_prompt_is_a_clear_error(tiny):
@@ -275,6 +317,11 @@ def test_openai_request_shape_n2_and_auth(server):
     assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {KEY}"
     assert req["body"] == {"model": "served-model", "messages": [{"role": "user", "content": "Hi there"}],
                            "temperature": 0.7, "top_p": 0.95, "max_tokens": 50, "n": 2, "seed": 5}
+
+
+def test_openai_gets_a_conversation_as_messages(server):
+    openai(server.url).generate([TRANSCRIPT, CONVERSATION])
+    assert [r["body"]["messages"] for r in server.requests] == [CONVERSATION, CONVERSATION]
 
 
 def test_openai_without_key_sends_no_auth_header(server):

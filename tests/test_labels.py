@@ -26,7 +26,7 @@ def test_renamed_fields_are_read_from_the_config():
     ('<View><Text name="p" value="$p"/><Choices name="c" toName="p"><Choice value="a"/></Choices></View>',
      "no <Pairwise>"),
     ('<View><Text name="a" value="$a"/><Text name="b" value="$b"/><Pairwise name="c" toName="a,b"/></View>',
-     "no <Text> for the prompt"),
+     "no <Text> or <Paragraphs> for the prompt"),
     ('<View><Text name="p" value="$p"/><Text name="a" value="$a"/><Pairwise name="c" toName="a"/></View>',
      "must name two Text objects"),
     ('<View><Text name="p" value="$p"/><Text name="a" value="$a"/><Pairwise name="c" toName="a,zz"/></View>',
@@ -50,3 +50,10 @@ def test_an_unrelated_choices_control_is_not_a_tie_control():
       <Pairwise name="c" toName="a,b"/>
       <Choices name="topic" toName="prompt"><Choice value="sports"/><Choice value="news"/></Choices></View>"""
     assert parse_label_config(config).judgement is None
+
+
+def test_chat_config_reads_the_conversation_from_paragraphs():
+    from pathlib import Path
+
+    config = (Path(__file__).parent.parent / "label_config_chat.xml").read_text()
+    assert parse_label_config(config) == TaskFields("comparison", "prompt", "answer1", "answer2")
