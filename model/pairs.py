@@ -73,7 +73,18 @@ def _make_pair(data: dict, selected: str, fields: TaskFields, meta: dict) -> Pre
         return None
     chosen, rejected = (left, right) if selected == "left" else (right, left)
     meta = {**meta, "chosen_side": selected, "chosen_source": _source(data, selected)}
-    return PreferencePair(prompt_text(data.get(fields.prompt)), chosen, rejected, meta)
+    return PreferencePair(_prompt(data.get(fields.prompt)), chosen, rejected, meta)
+
+
+def _prompt(value) -> str:
+    """The prompt's text; CSV exports carry a prompt of chat messages as a JSON string."""
+    if isinstance(value, str) and value.startswith("[{"):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            decoded = None
+        value = decoded if is_messages(decoded) else value
+    return prompt_text(value)
 
 
 def selected_side(result: Iterable[dict], fields: TaskFields = DEFAULT_FIELDS) -> str | None:

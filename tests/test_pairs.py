@@ -189,6 +189,14 @@ def test_a_task_whose_prompt_is_chat_messages_gives_the_transcript_as_prompt():
     assert summary(pairs_from_tasks([task])) == [(BREAD, "Buy some.", "Mix flour.", "right")]
 
 
+def test_a_csv_export_row_carries_a_chat_prompt_as_json():
+    row = {"id": 1, "prompt": json.dumps(BREAD_MESSAGES), "answer1": "Mix flour.", "answer2": "Buy some.",
+           "comparison": '[{"selected": "left"}]'}
+    assert summary(pairs_from_json_min([row])) == [(BREAD, "Mix flour.", "Buy some.", "left")]
+    row["prompt"] = "[{not json}] is a fine prompt"
+    assert pairs_from_json_min([row])[0].prompt == "[{not json}] is a fine prompt"
+
+
 def test_the_conversational_export_reads_back_and_trl_renders_it_with_a_chat_template(tmp_path):
     from tiny_models import build_tokenizer
     from trl.data_utils import apply_chat_template, is_conversational
