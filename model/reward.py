@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.conversation import answer_text, prompt_text
+
 REWARD_CONFIG = "reward_config.json"  # written beside the weights: how inputs were built
 MINILM = "minilm"
 ZERO_SHOT_SCALE = 5.0  # cosine similarity -> reward; a 0.2 similarity gap gives P = sigmoid(1) = 0.73
@@ -224,3 +226,23 @@ class RewardModel:
             raise ValueError("prompts, lefts and rights must have the same length")
         r = self.rewards(list(prompts) * 2, list(lefts) + list(rights))
         return [0.5 * (1.0 + math.tanh((r[i] - r[n + i]) / 2)) for i in range(n)]  # = sigmoid, no overflow
+
+
+def trl_reward_function(path, device: str | None = None):
+    """A reward function for TRL's online trainers (GRPOTrainer, RLOOTrainer: `reward_funcs=[...]`) that
+    scores each completion as the model in `path` was trained to: (prompt, answer) as a text pair, the
+    prompt cut from the left to the saved max_length; text or conversational data alike.
+
+    Handing TRL the folder itself also loads, but TRL then scores `prompt + completion` as one
+    untruncated text without special tokens: not what the model learned, and an error past BERT's 512
+    positions (BENCHMARKS.md measures the difference)."""
+    import torch
+
+    scorer = RewardModel.load(path)
+    scorer.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def reward(prompts, completions, **_):
+        return scorer.rewards([prompt_text(p) for p in prompts], [answer_text(c) for c in completions])
+
+    reward.__name__ = f"reward_model_{Path(path).name}"  # TRL logs each reward under its function's name
+    return reward
