@@ -82,3 +82,20 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| 3 |" in done.stdout and plot.stat().st_size > 0
+
+
+def test_bench_rl_scoring_compares_both_ways_and_counts_the_texts_trl_cannot_score(tmp_path):
+    lines = hh_style_lines(40)
+    long = json.loads(lines[-1])  # a test pair past the encoder's 512 positions
+    filler = " ".join(["tea"] * 600)
+    lines[-1] = json.dumps({k: v.replace("\n\nHuman: ", f"\n\nHuman: {filler} ", 1) for k, v in long.items()})
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "benchmarks/bench_rl_scoring.py", "--data", str(data), "--train", "30",
+               "--test", "10", "--base-model", str(tiny_encoder(tmp_path / "enc")), "--max-length", "128",
+               "--threads", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TRL's way cannot score 1 of them" in done.stdout
+    assert "| trl_reward_function: (prompt, answer) pair, as trained | 10 |" in done.stdout
+    assert "| TRL given the folder: prompt + completion as one text | 9 |" in done.stdout
