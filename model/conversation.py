@@ -48,7 +48,7 @@ def split_conversations(chosen: list[dict], rejected: list[dict]) -> tuple[str, 
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
-    return prompt_text(chosen[:n]), answer_text(chosen[n:]), answer_text(rejected[n:])
+    return prompt_text(chosen[:n]) if n else "", answer_text(chosen[n:]), answer_text(rejected[n:])
 
 
 def answer_text(value) -> str:

@@ -29,6 +29,8 @@ def test_two_conversations_split_at_the_end_of_their_shared_beginning():
                                q + [{"role": "assistant", "content": "No."}]) == ("Name a colour.", "Red.", "No.")
     assert split_conversations(MESSAGES + [{"role": "assistant", "content": "Knead."}],
                                MESSAGES + [{"role": "assistant", "content": "Buy."}]) == (TRANSCRIPT, "Knead.", "Buy.")
+    assert split_conversations([{"role": "user", "content": "a"}],
+                               [{"role": "user", "content": "b"}]) == ("", "\n\nHuman: a", "\n\nHuman: b")
 
 
 def test_system_messages_and_a_transcript_without_leading_blank_line():
