@@ -60,6 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("GENERATOR_B_MODEL", None, "Optional second model: answer B comes from it (compare two checkpoints)."),
     Option("OPENAI_BASE_URL", None, "Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."),
     Option("OPENAI_API_KEY", None, "API key of that server.", secret=True),
+    Option("SYSTEM_PROMPT", None, "System message the generator starts each conversation with, unless the prompt "
+           "has its own (chat models and OpenAI-compatible servers; unset: the model's default)."),
     Option("TEMPERATURE", "0.8", "Sampling temperature."),
     Option("TOP_P", "0.95", "Nucleus sampling threshold."),
     Option("MAX_NEW_TOKENS", "128", "Longest answer, in tokens."),
@@ -107,6 +109,7 @@ class Settings:
     generator_b_model: str | None
     openai_base_url: str | None
     openai_api_key: str | None = field(repr=False)
+    system_prompt: str | None
     temperature: float
     top_p: float
     max_new_tokens: int
@@ -224,6 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         generator_b_model=raw("GENERATOR_B_MODEL"),
         openai_base_url=openai_base_url,
         openai_api_key=raw("OPENAI_API_KEY"),
+        system_prompt=raw("SYSTEM_PROMPT"),
         temperature=number("TEMPERATURE", 0.0, 5.0),
         top_p=number("TOP_P", 0.0, 1.0),
         max_new_tokens=integer("MAX_NEW_TOKENS", 1),
@@ -248,7 +252,7 @@ def generation_config(settings: Settings):
 
     return GenerationConfig(
         backend=settings.generator, model=settings.generator_model, model_b=settings.generator_b_model,
-        base_url=settings.openai_base_url, api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url, api_key=settings.openai_api_key, system_prompt=settings.system_prompt,
         temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
         seed=settings.generation_seed, batch_size=settings.generation_batch_size, dtype=settings.torch_dtype,
         threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache")

@@ -67,9 +67,17 @@ def plain_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def prompt_messages(value) -> list[dict]:
+def prompt_messages(value, system: str | None = None) -> list[dict]:
     """The prompt as chat messages for a generator: messages as they are; a transcript turn by turn,
-    without its closing cue (the chat template adds its own); other text as one user message."""
+    without its closing cue (the chat template adds its own); other text as one user message. `system`
+    starts the conversation unless it has a system message of its own."""
+    messages = _messages(value)
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _messages(value) -> list[dict]:
     if is_messages(value):
         return [{"role": m["role"], "content": m["content"]} for m in value]
     text = prompt_text(value)

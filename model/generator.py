@@ -43,6 +43,7 @@ class GenerationConfig:
     model_b: str | None = None        # optional second model: answer B comes from it, answer A from `model`
     base_url: str | None = None       # openai backend base URL, e.g. http://localhost:8000/v1
     api_key: str | None = field(default=None, repr=False)  # never logged, never in describe() or errors
+    system_prompt: str | None = None  # starts every conversation that has no system message of its own
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 128
@@ -235,6 +236,7 @@ class _LM:
         self.tok, self.model = tok, model.to(device).eval()
         self.fast = use_fast_decoding(self.model)  # else `generate`, slower
         self.device = device
+        self.system_prompt = config.system_prompt
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tok.eos_token_id
         self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -252,7 +254,8 @@ class _LM:
         """A chat model gets the conversation turn by turn through its template; any other model the
         text itself (a transcript then ends with the assistant's cue, where the model continues)."""
         if self.tok.chat_template:
-            ids = self.tok.apply_chat_template(prompt_messages(text), add_generation_prompt=True, tokenize=True)
+            ids = self.tok.apply_chat_template(prompt_messages(text, self.system_prompt), add_generation_prompt=True,
+                                               tokenize=True)
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return self.tok(text)["input_ids"]
 
@@ -339,8 +342,8 @@ class LocalGenerator:
 
     def describe(self) -> dict:
         c = self.config
-        return {"backend": "local", "model": c.model, "model_b": c.model_b, "temperature": c.temperature,
-                "top_p": c.top_p, "max_new_tokens": c.max_new_tokens, "seed": c.seed,
+        return {"backend": "local", "model": c.model, "model_b": c.model_b, "system_prompt": c.system_prompt,
+                "temperature": c.temperature, "top_p": c.top_p, "max_new_tokens": c.max_new_tokens, "seed": c.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
     def _answers(self, lm: _LM, ids: list[list[int]], n: int) -> list[list[str]]:

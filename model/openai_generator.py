@@ -41,8 +41,8 @@ class OpenAIGenerator:
 
     def describe(self) -> dict:
         c = self.config
-        return {"backend": "openai", "model": c.model, "model_b": c.model_b, "temperature": c.temperature,
-                "top_p": c.top_p, "max_new_tokens": c.max_new_tokens, "seed": c.seed}
+        return {"backend": "openai", "model": c.model, "model_b": c.model_b, "system_prompt": c.system_prompt,
+                "temperature": c.temperature, "top_p": c.top_p, "max_new_tokens": c.max_new_tokens, "seed": c.seed}
 
     def _redact(self, text: str) -> str:
         return text.replace(self.config.api_key, "***") if self.config.api_key else text
@@ -51,7 +51,7 @@ class OpenAIGenerator:
         """n answers from one model; raises GenerationError for server-wide failures, ValueError for a
         request the server rejects because of this prompt (e.g. too long)."""
         c = self.config
-        body = {"model": model, "messages": prompt_messages(prompt),
+        body = {"model": model, "messages": prompt_messages(prompt, c.system_prompt),
                 "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "n": n}
         if c.seed is not None:
             body["seed"] = c.seed

@@ -112,6 +112,16 @@ def test_a_conversation_reaches_the_chat_template_turn_by_turn_as_messages_or_as
     assert all(r.error is None and r.answers for r in results)
 
 
+def test_the_system_prompt_starts_every_conversation_without_one_of_its_own(tiny):
+    g = local(tiny, system_prompt="Be brief.")
+    text = g.lm_a.tok.decode(g.lm_a.encode(TRANSCRIPT)[0])
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>")
+    own = [{"role": "system", "content": "Answer in French."}, *CONVERSATION]
+    text = g.lm_a.tok.decode(g.lm_a.encode(own)[0])
+    assert text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>") and "Be brief." not in text
+    assert g.describe()["system_prompt"] == "Be brief."
+
+
 def test_a_long_conversation_loses_its_first_turns_and_keeps_the_last(tiny):
     g = local(tiny, max_new_tokens=16)
     long = [{"role": "user", "content": "Tell me about foxes. " * 40},
@@ -187,8 +197,9 @@ def test_progress_reaches_the_total(tiny):
 def test_describe_is_json_metadata(tiny):
     info = local(tiny, seed=3, temperature=0.5).describe()
     assert json.loads(json.dumps(info)) == info
-    assert info | {"model": None} == {"backend": "local", "model": None, "model_b": None, "temperature": 0.5,
-                                      "top_p": 0.95, "max_new_tokens": 12, "seed": 3, "dtype": "float32"}
+    assert info | {"model": None} == {"backend": "local", "model": None, "model_b": None, "system_prompt": None,
+                                      "temperature": 0.5, "top_p": 0.95, "max_new_tokens": 12, "seed": 3,
+                                      "dtype": "float32"}
 
 
 def test_count_new_tokens_stops_at_eos():
@@ -322,6 +333,12 @@ def test_openai_request_shape_n2_and_auth(server):
 def test_openai_gets_a_conversation_as_messages(server):
     openai(server.url).generate([TRANSCRIPT, CONVERSATION])
     assert [r["body"]["messages"] for r in server.requests] == [CONVERSATION, CONVERSATION]
+
+
+def test_openai_sends_the_system_prompt_first(server):
+    openai(server.url, system_prompt="Be brief.").generate(["Hi there"])
+    assert server.requests[0]["body"]["messages"] == [{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": "Hi there"}]
 
 
 def test_openai_without_key_sends_no_auth_header(server):
