@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from backend.config import ConfigError, Settings, generation_config
+from model.conversation import prompt_messages
 from model.generator import prompt_problem
 from model.pairs import DEFAULT_FIELDS, GENERATION_KEY, TaskFields
 
@@ -99,8 +100,9 @@ def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict
     """Label Studio task data for a project whose config uses `fields`.
 
     Records are prompt strings, dataset.json items or LS tasks ({"data": {...}}). The default key names
-    (prompt/answer1/answer2) are renamed to the project's, and missing answers become "" (Label Studio
-    rejects tasks without them; the backend's generation job fills them in)."""
+    (prompt/answer1/answer2) are renamed to the project's, missing answers become "" (Label Studio
+    rejects tasks without them; the backend's generation job fills them in), and a text prompt becomes
+    chat messages where the project shows the prompt as a dialogue (label_config_chat.xml)."""
     tasks = []
     for number, record in enumerate(records, 1):
         if isinstance(record, str):
@@ -116,6 +118,8 @@ def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict
         problem = prompt_problem(data.get(fields.prompt))
         if problem:
             raise ConfigError(f'item {number}: "{fields.prompt}": {problem}')
+        if fields.dialogue_prompt and isinstance(data[fields.prompt], str):  # a Paragraphs tag shows messages
+            data[fields.prompt] = prompt_messages(data[fields.prompt])
         for key in (fields.left, fields.right):
             if data.get(key) is None:
                 data[key] = ""
@@ -184,7 +188,9 @@ def register(subparsers) -> None:
         description="Import tasks into Label Studio project N (needs LABEL_STUDIO_URL and "
                     "LABEL_STUDIO_API_KEY). FILE is a dataset.json from `generate`, a JSON/JSONL list of "
                     "task data, or plain prompts one per line. Keys are renamed to the project's label "
-                    "config; tasks without answers get empty ones, which the backend then generates.",
+                    "config; tasks without answers get empty ones, which the backend then generates. In a "
+                    "project that shows the prompt as a dialogue (label_config_chat.xml), text prompts and "
+                    "hh-rlhf transcripts become chat messages.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("file", metavar="FILE", help="dataset.json, JSONL, or text with one prompt per line")
     p.add_argument("--project", type=int, required=True, metavar="N", help="Label Studio project id")

@@ -67,7 +67,8 @@ def parse_label_config(config: str) -> TaskFields:
     # Several candidates: prefer one literally called "prompt", else the first in the config.
     prompt = next((o for o in prompts if o.name == "prompt"), prompts[0])
     return TaskFields(pairwise=control.name, prompt=text_data_key(prompt),
-                      left=answer_keys[0], right=answer_keys[1], judgement=_judgement_control(interface))
+                      left=answer_keys[0], right=answer_keys[1], judgement=_judgement_control(interface),
+                      dialogue_prompt=prompt.tag.lower() == "paragraphs")
 
 
 def _judgement_control(interface) -> str | None:

@@ -26,6 +26,7 @@ class TaskFields:
     left: str      # data key of the first (left) answer Text, e.g. "answer1"
     right: str     # data key of the second (right) answer Text, e.g. "answer2"
     judgement: str | None = None  # optional Choices control offering "tie" / "both bad" (label_config_ties.xml)
+    dialogue_prompt: bool = False  # the prompt shows as a dialogue (<Paragraphs>): task data holds chat messages
 
 
 DEFAULT_FIELDS = TaskFields(pairwise="comparison", prompt="prompt", left="answer1", right="answer2")

@@ -95,6 +95,15 @@ def test_build_tasks_fills_missing_answers_and_renames_to_the_project_fields():
     assert build_tasks([{"prompt": chat}]) == [{"data": {"prompt": chat, "answer1": "", "answer2": ""}}]
 
 
+def test_build_tasks_turns_text_prompts_into_messages_for_a_project_that_shows_a_dialogue():
+    fields = TaskFields(pairwise="comparison", prompt="prompt", left="answer1", right="answer2", dialogue_prompt=True)
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bread?"}]
+    tasks = build_tasks(["Name a colour.", "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bread?\n\nAssistant:",
+                         {"prompt": chat}], fields)
+    assert [t["data"]["prompt"] for t in tasks] == [[{"role": "user", "content": "Name a colour."}], chat, chat]
+
+
 @pytest.mark.parametrize("record", [{"answer1": "x"}, {"prompt": "  "}, 42, {"prompt": [{"role": "user"}]},
                                     {"prompt": [{"role": "user", "content": ""}]}])
 def test_build_tasks_rejects_records_without_a_prompt(record):

@@ -56,4 +56,5 @@ def test_chat_config_reads_the_conversation_from_paragraphs():
     from pathlib import Path
 
     config = (Path(__file__).parent.parent / "label_config_chat.xml").read_text()
-    assert parse_label_config(config) == TaskFields("comparison", "prompt", "answer1", "answer2")
+    assert parse_label_config(config) == TaskFields("comparison", "prompt", "answer1", "answer2",
+                                                    dialogue_prompt=True)
