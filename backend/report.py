@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from model import stats
-from model.pairs import DEFAULT_FIELDS, TaskFields, pairs_from_tasks
+from model.pairs import DEFAULT_FIELDS, TaskFields, csv_value, pairs_from_tasks
 from model.store import VersionStore
 
 REPORT_FILE = "report.html"
@@ -40,16 +40,6 @@ SECTIONS = [("summary", "Summary"), ("progress", "Labelled count and rate"), ("a
 
 # ---------------------------------------------------------------- inputs
 
-def _json_value(value):
-    """CSV exports carry nested values as JSON strings."""
-    if isinstance(value, str) and value[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
 def tasks_from_rows(rows: list[dict], fields: TaskFields = DEFAULT_FIELDS,
                     choices_name: str = "judgement") -> list[dict]:
     """JSON_MIN / CSV export rows (one per annotation, the control values under the controls' names) ->
@@ -59,11 +49,11 @@ def tasks_from_rows(rows: list[dict], fields: TaskFields = DEFAULT_FIELDS,
         task = tasks.setdefault(row.get("id"), {"id": row.get("id"), "annotations": [], "data": {
             k: row.get(k) for k in (fields.prompt, fields.left, fields.right)}})
         result = []
-        selection = _json_value(row.get(fields.pairwise))
+        selection = csv_value(row.get(fields.pairwise))
         for item in selection if isinstance(selection, list) else [selection]:
             if isinstance(item, dict) and item.get("selected") in ("left", "right"):
                 result.append({"from_name": fields.pairwise, "type": "pairwise", "value": {"selected": item["selected"]}})
-        choices = _json_value(row.get(choices_name))
+        choices = csv_value(row.get(choices_name))
         if isinstance(choices, dict):
             choices = choices.get("choices")
         if choices:

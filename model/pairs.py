@@ -46,14 +46,20 @@ class PreferencePair:
     meta: dict = field(default_factory=dict, compare=False)
 
 
-def _generation(data: dict) -> dict:
-    """data[GENERATION_KEY] as a dict; CSV exports carry it as a JSON string."""
-    value = data.get(GENERATION_KEY)
-    if isinstance(value, str):
+def csv_value(value):
+    """A value from an export row as JSON and JSON_MIN give it: CSV exports carry nested values (lists,
+    objects) as JSON strings."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except json.JSONDecodeError:
-            return {}
+            return value
+    return value
+
+
+def _generation(data: dict) -> dict:
+    """data[GENERATION_KEY] as a dict."""
+    value = csv_value(data.get(GENERATION_KEY))
     return value if isinstance(value, dict) else {}
 
 
@@ -78,14 +84,9 @@ def _make_pair(data: dict, selected: str, fields: TaskFields, meta: dict) -> Pre
 
 
 def _prompt(value) -> str:
-    """The prompt's text; CSV exports carry a prompt of chat messages as a JSON string."""
-    if isinstance(value, str) and value.startswith("[{"):
-        try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError:
-            decoded = None
-        value = decoded if is_messages(decoded) else value
-    return prompt_text(value)
+    """The prompt's text; a prompt of chat messages may come as a CSV export's JSON string."""
+    decoded = csv_value(value)
+    return prompt_text(decoded if is_messages(decoded) else value)
 
 
 def selected_side(result: Iterable[dict], fields: TaskFields = DEFAULT_FIELDS) -> str | None:
@@ -165,11 +166,7 @@ def pairs_from_tasks(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> 
 
 def _min_selection(value) -> str | None:
     """JSON_MIN puts the Pairwise value under the control's name: [{"selected": "left"}] (CSV: as JSON)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return None
+    value = csv_value(value)
     if isinstance(value, dict):
         value = [value]
     for item in value if isinstance(value, list) else []:
@@ -265,10 +262,11 @@ def write_trl_jsonl(pairs: Iterable[PreferencePair], path, conversational: bool 
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
-            row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
             if conversational:
                 row = {"prompt": prompt_messages(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
                        "rejected": [{"role": "assistant", "content": p.rejected}]}
+            else:
+                row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
             f.write(json.dumps({**row, "both_bad": bool(p.meta.get("both_bad"))}, ensure_ascii=False) + "\n")
             count += 1
     return count

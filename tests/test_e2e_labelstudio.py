@@ -4,10 +4,15 @@ on the fly that go through the same loading code as the packaged ones."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from conftest import REDIS_URL, ROOT
-from flows import full_loop
+from flows import PROMPTS, full_loop
 from harness import LS_TOKEN, backend_env, start_backend
 from tiny_models import tiny_causal_lm, tiny_encoder
 
@@ -54,13 +59,6 @@ def test_full_loop(label_studio, backend):
 def test_full_loop_with_conversations_exported_for_trl(label_studio, backend, tmp_path):
     """Prompts imported as chat messages (label_config_chat.xml shows them as a dialogue): answers are
     generated for the conversation, predicted, trained on, and exported in TRL's conversational form."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from flows import PROMPTS
-
     chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
               {"role": "user", "content": p}] for p in PROMPTS]
     seen = full_loop(label_studio, LS_TOKEN, backend["url"], backend["url"], backend["models"], auth=AUTH,

@@ -20,7 +20,17 @@ from model.reward import RewardModel, TrainConfig, trl_reward_function
 from model.training import train_reward_model
 
 
-def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def version(tmp_path_factory):
+    work = tmp_path_factory.mktemp("rl")
+    folder = work / "v1"
+    folder.mkdir()
+    train_reward_model(synthetic(40), TrainConfig(base_model=str(tiny_encoder(work / "enc")), epochs=2,
+                                                  max_length=48, threads=1), folder)
+    return folder
+
+
+def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(version, tmp_path, capsys):
     exported = tmp_path / "pairs.jsonl"
     code, _ = run(["export", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "-o", str(exported)],
                   tmp_path, capsys)
@@ -30,10 +40,6 @@ def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(tmp_pat
     rows = exported.read_text() + more.read_text()
     exported.write_text(rows)
 
-    version = tmp_path / "v1"
-    version.mkdir()
-    train_reward_model(synthetic(40), TrainConfig(base_model=str(tiny_encoder(tmp_path / "enc")), epochs=2,
-                                                  max_length=48, threads=1), version)
     model = AutoModelForSequenceClassification.from_pretrained(version)
     tokenizer = AutoTokenizer.from_pretrained(version)
     before = [p.detach().clone() for p in model.parameters()]
@@ -49,16 +55,6 @@ def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(tmp_pat
     assert result.global_step == 3 and math.isfinite(result.training_loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert json.loads(exported.read_text().splitlines()[0])["chosen"] == "changed too"
-
-
-@pytest.fixture(scope="module")
-def version(tmp_path_factory):
-    work = tmp_path_factory.mktemp("rl")
-    folder = work / "v1"
-    folder.mkdir()
-    train_reward_model(synthetic(40), TrainConfig(base_model=str(tiny_encoder(work / "enc")), epochs=2,
-                                                  max_length=48, threads=1), folder)
-    return folder
 
 
 def test_the_rl_reward_function_scores_pairs_as_the_backend_does_text_or_conversational(version):
