@@ -21,6 +21,7 @@ TRL and datasets come with the test extra (`bash scripts/install.sh test`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -82,6 +83,8 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
                          members=args.full_members if mode == "full" else 1)
+    if mode == "full" and args.average_epochs:
+        config = dataclasses.replace(config, average_epochs=args.average_epochs)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
     last = [0.0]
 
@@ -187,7 +190,8 @@ def section_full(train, test, args, work, results):
         return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
                 "members": m["members"], "bf16": m["bf16"],
-                "val_accuracy": m["val_accuracy"], **scored}
+                "average_epochs": m["average_epochs"], "val_accuracy": m["val_accuracy"],
+                "val_loss": m["val_loss"], **scored}
 
     per_seed("full", results, args, run_one)
 
@@ -233,6 +237,8 @@ def main() -> int:
     parser.add_argument("--full-members", type=int, default=1,
                         help="full mode: fine-tunes from one start whose weights are averaged (default 1)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
+    parser.add_argument("--average-epochs", type=float, default=None,
+                        help="full mode: horizon of the weights' moving average in epochs (default: TrainConfig's)")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                         help="comma-separated seeds: TRL and full mode train once per seed, and the table adds "
                              "the mean gap between them (default 0)")

@@ -33,13 +33,13 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     command = [sys.executable, "benchmarks/bench_reward.py", "--data", str(data), "--train", "30", "--test", "10",
                "--base-model", str(tiny_encoder(tmp_path / "enc")), "--max-length", "128", "--threads", "1",
                "--only", "fast,trl,full", "--seeds", "1,2", "--full-epochs", "1", "--full-members", "2",
-               "--json-out", str(out)]
+               "--average-epochs", "1.5", "--json-out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads(out.read_text())
     assert [r["seed"] for r in results["trl"]] == [1, 2] and [r["seed"] for r in results["full"]] == [1, 2]
-    assert all(r["members"] == 2 and 0 <= r["accuracy"] <= 1 for r in results["full"])
+    assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and 0 <= r["accuracy"] <= 1 for r in results["full"])
     assert results["full_minus_trl"]["seeds"] == [1, 2]
     assert "| full mode (1 epochs x 2 averaged" in done.stdout and "full - TRL =" in done.stdout
 
