@@ -12,7 +12,7 @@ from pathlib import Path
 
 from backend.config import ConfigError, Settings, generation_config
 from model.conversation import prompt_messages
-from model.generator import prompt_problem
+from model.generation.types import prompt_problem
 from model.pairs import DEFAULT_FIELDS, GENERATION_KEY, TaskFields
 
 IMPORT_BATCH = 500
@@ -68,7 +68,8 @@ def dataset_items(results, describe: dict, rng: random.Random, extras: list[dict
 def generate_command(args, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from model.generator import GenerationError, load_generator
+    from model.generation import load_generator
+    from model.generation.types import GenerationError
 
     records = read_records(Path(args.prompts))
     prompts = [prompt_of(r) for r in records]

@@ -72,7 +72,7 @@ def positive_int(text: str) -> int:
 
 def train_command(args, settings: Settings) -> int:
     from model.store import VersionStore
-    from model.training import train_reward_model
+    from model.reward.train import train_reward_model
 
     pairs = _read(args.data, _fields(args))
     if not pairs:
@@ -106,7 +106,7 @@ def train_command(args, settings: Settings) -> int:
 
 def eval_command(args, settings: Settings) -> int:
     from model.evaluation import both_orientations, margin_metrics, reliability_diagram
-    from model.reward import RewardModel
+    from model.reward.model import RewardModel
 
     pairs = _read(args.data, _fields(args))
     if not pairs:

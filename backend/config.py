@@ -248,7 +248,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 def generation_config(settings: Settings):
     """The generator's own settings (model/ never reads the environment)."""
-    from model.generator import GenerationConfig
+    from model.generation.types import GenerationConfig
 
     return GenerationConfig(
         backend=settings.generator, model=settings.generator_model, model_b=settings.generator_b_model,
@@ -260,7 +260,7 @@ def generation_config(settings: Settings):
 
 def train_config(settings: Settings):
     """The reward model's training settings."""
-    from model.reward import TrainConfig
+    from model.reward.config import TrainConfig
 
     return TrainConfig(
         base_model=settings.reward_base_model, mode=settings.train_mode, max_length=settings.reward_max_length,

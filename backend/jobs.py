@@ -42,7 +42,7 @@ class WorkerContext:
 
     @cached_property
     def generator(self):
-        from model.generator import load_generator
+        from model.generation import load_generator
 
         return load_generator(generation_config(self.settings))
 
@@ -163,7 +163,7 @@ def train_reward_model(project: int, reason: str = FORCED) -> dict:
     """Fetch every annotation, train a new version, make it current, then refresh the predictions of the
     unlabelled tasks so that Label Studio can order them by the new model's uncertainty."""
     from model.pairs import pairs_from_tasks
-    from model.training import train_reward_model as fit
+    from model.reward.train import train_reward_model as fit
 
     ctx = _start(TRAIN, project)
     # A short lock, renewed while this job lives: a worker that dies (SIGKILL, OOM) frees it in LOCK_SECONDS.

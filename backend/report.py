@@ -104,8 +104,9 @@ def load_simulation(path=None) -> dict | None:
 def pair_features(pairs, base_model: str, max_length: int, pooling: str, cache_dir=None):
     """Fast-mode features (frozen encoder, first token) of each pair's chosen and rejected answer, through
     training's FeatureCache: with training's cache folder, pairs it has seen cost nothing."""
-    from model.reward import resolve_base_model
-    from model.training import FeatureCache, load_reward_base
+    from model.reward.model import resolve_base_model
+    from model.reward.features import FeatureCache
+    from model.reward.model import load_reward_base
 
     base = resolve_base_model(base_model)
     model, tokenizer, pooling = load_reward_base(base, pooling)

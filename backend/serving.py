@@ -25,7 +25,7 @@ SCORE_BATCH = 64  # pairs per forward pass
 @dataclass(frozen=True)
 class Scorer:
     version: str
-    model: object  # model.reward.RewardModel
+    model: object  # model.reward.model.RewardModel
 
 
 class ModelCache:
@@ -71,7 +71,7 @@ class ModelCache:
             cached = self._loaded.get(project)
             if cached and cached.version == version:
                 return cached
-            from model.reward import RewardModel
+            from model.reward.model import RewardModel
 
             try:
                 scorer = Scorer(version, RewardModel.load(self.store.path(project, version)))
@@ -86,7 +86,7 @@ class ModelCache:
     def _zero_shot_scorer(self) -> Scorer:
         with self._lock:
             if self._zero_shot is None:
-                from model.reward import RewardModel
+                from model.reward.model import RewardModel
 
                 self._zero_shot = Scorer(ZERO_SHOT, RewardModel.zero_shot(
                     self.settings.reward_base_model, self.settings.reward_max_length))

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from model.generator import GenerationConfig, load_generator
+    from model.generation import GenerationConfig, load_generator
 
     prompts = multi_turn_prompts(args.data, args.prompts, args.min_turns)
     generator = load_generator(GenerationConfig(model=args.model, max_new_tokens=args.max_new_tokens,

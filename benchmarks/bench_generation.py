@@ -115,7 +115,7 @@ def per_prompt_pipeline(folder: Path, prompts, args) -> tuple[int, float]:
 
 
 def batched_generator(cache_dir: Path, prompts, args):
-    from model.generator import GenerationConfig, load_generator
+    from model.generation import GenerationConfig, load_generator
 
     generator = load_generator(GenerationConfig(
         cache_dir=cache_dir, temperature=args.temperature, top_p=args.top_p,

@@ -32,18 +32,20 @@ from benchmarks.bench_reward import (add_split_arguments, log, paired_gap, read_
 def run_seed(train, test, args, seed: int, work: Path) -> dict:
     import torch
 
-    import model.training as training
-    from model.reward import TrainConfig, load_classifier, quiet_transformers
+    import model.reward.full as full
+    from model.reward.config import TrainConfig
+    from model.reward.train import train_reward_model
+    from model.reward.model import load_classifier, quiet_transformers
 
     kept = []
-    fine_tune = training._fine_tune
+    fine_tune = full._fine_tune
 
     def recording(*a, **k):  # instrumentation only: the training itself runs unchanged
         run = fine_tune(*a, **k)
         kept.append({n: w.clone() for n, w in run["weights"].items()})
         return run
 
-    training._fine_tune = recording
+    full._fine_tune = recording
     out = Path(tempfile.mkdtemp(dir=work, prefix="members-"))
     try:
         config = TrainConfig(mode="full", base_model=args.base_model, max_length=args.max_length,
@@ -55,9 +57,9 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
                 last[0] = fraction
                 log(f"seed {seed}: {fraction:.0%} {message}")
 
-        metrics = training.train_reward_model(train, config, out, progress=progress)
+        metrics = train_reward_model(train, config, out, progress=progress)
     finally:
-        training._fine_tune = fine_tune
+        full._fine_tune = fine_tune
 
     def scored(weights) -> list[float]:
         model = load_classifier(str(out))

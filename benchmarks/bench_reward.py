@@ -60,7 +60,7 @@ def paired_gap(ours: list[list[float]], theirs: list[list[float]]) -> dict:
 
 def saved_margins(folder: Path, test) -> list[float]:
     """Chosen-minus-rejected reward margins of the test pairs under a saved folder, as the backend scores."""
-    from model.reward import RewardModel
+    from model.reward.model import RewardModel
 
     model = RewardModel.load(folder)
     r = model.rewards([p.prompt for p in test] * 2, [p.chosen for p in test] + [p.rejected for p in test])
@@ -74,8 +74,8 @@ def score_saved(folder: Path, test) -> dict:
 
 def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooling: str = "mean",
              seed: int = 0) -> dict:
-    from model.reward import TrainConfig
-    from model.training import train_reward_model
+    from model.reward.config import TrainConfig
+    from model.reward.train import train_reward_model
 
     config = TrainConfig(base_model=args.base_model, mode=mode, max_length=args.max_length, threads=args.threads,
                          pooling=pooling, seed=seed,
@@ -107,7 +107,7 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     from model.hardware import cpu_has_fast_bf16
-    from model.reward import quiet_transformers, resolve_base_model
+    from model.reward.model import quiet_transformers, resolve_base_model
 
     base = resolve_base_model(args.base_model)
     tok = AutoTokenizer.from_pretrained(base)

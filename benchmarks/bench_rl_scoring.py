@@ -1,6 +1,6 @@
 """Scoring in the RL step: a saved reward model as TRL's GRPOTrainer/RLOOTrainer score with it when handed
 the folder (`reward_funcs=path`: `prompt + completion` as one text, no special tokens, no truncation) against
-`model.reward.trl_reward_function` (the (prompt, answer) pair the model was trained on), on the same test
+`model.reward.model.trl_reward_function` (the (prompt, answer) pair the model was trained on), on the same test
 pairs, in one run.
 
     python benchmarks/bench_rl_scoring.py --data ../shared/data/hh-harmless-base-test-first1800.jsonl
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     import torch
 
     from model.evaluation import accuracy_ci
-    from model.reward import TrainConfig, trl_reward_function
-    from model.training import train_reward_model
+    from model.reward.config import TrainConfig
+    from model.reward.model import trl_reward_function
+    from model.reward.train import train_reward_model
 
     torch.set_num_threads(args.threads)
     folder = args.model

@@ -28,8 +28,8 @@ def main() -> int:
     import torch
 
     from model.hardware import cpu_has_fast_bf16
-    from model.training import load_reward_base
-    from model.reward import resolve_base_model
+    from model.reward.model import load_reward_base
+    from model.reward.model import resolve_base_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

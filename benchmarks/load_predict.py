@@ -50,9 +50,9 @@ def synthetic_pairs(n: int, seed: int = 0):
 
 
 def train_version(model_dir: Path, n_pairs: int) -> tuple[str, dict]:
-    from model.reward import TrainConfig
+    from model.reward.config import TrainConfig
     from model.store import VersionStore
-    from model.training import train_reward_model
+    from model.reward.train import train_reward_model
 
     store = VersionStore(model_dir)
     with store.new_version(PROJECT) as pending:

@@ -8,7 +8,7 @@ Held-out accuracy is measured after every retrain; the curves are averaged over 
 (t-interval across seeds).
 
 The model is the product's fast mode: the frozen MiniLM's first-token features are computed ONCE through
-`model.training.FeatureCache` (the path training uses) and kept in a .npy cache; each retrain trains only
+`model.reward.features.FeatureCache` (the path training uses) and kept in a .npy cache; each retrain trains only
 BERT's head (pooler dense+tanh, then a fresh linear classifier) with TrainConfig's fast defaults and keeps the
 best epoch by loss on a 15% validation split of the labelled pairs, as `train_reward_model` does.
 
@@ -56,8 +56,9 @@ def features(pairs, cache: Path, base_model: str, max_length: int, pooling: str)
     path = cache / f"hh-features-{digest}.npz"
     if path.is_file():
         return dict(np.load(path))
-    from model.reward import resolve_base_model
-    from model.training import FeatureCache, load_reward_base
+    from model.reward.model import resolve_base_model
+    from model.reward.features import FeatureCache
+    from model.reward.model import load_reward_base
 
     base = resolve_base_model(base_model)
     model, tokenizer, pooling = load_reward_base(base, pooling)
@@ -92,7 +93,7 @@ class LinearHead:
     STEPS, EVERY, LR = 300, 10, 0.5
 
     def __init__(self, feats: dict, seed: int):
-        from model.reward import TrainConfig
+        from model.reward.config import TrainConfig
 
         self.config = TrainConfig()
         pool = lambda x: np.tanh(x @ feats["pooler_w"].T + feats["pooler_b"])  # noqa: E731
@@ -126,7 +127,7 @@ class Head:
     def __init__(self, feats: dict, seed: int):
         import torch
 
-        from model.reward import TrainConfig
+        from model.reward.config import TrainConfig
 
         self.torch = torch
         self.config = TrainConfig()
@@ -155,9 +156,9 @@ class Head:
         order = rng.permutation(np.sort(labelled))  # same set, same split
         n_val = max(1, round(len(order) * cfg.val_fraction)) if len(order) >= cfg.min_val_pairs else 0
         val, train = torch.as_tensor(order[:n_val]), torch.as_tensor(order[n_val:])
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.resolved("learning_rate"),
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
                                       weight_decay=cfg.weight_decay, foreach=True)
-        batch = cfg.resolved("batch_size")
+        batch = cfg.batch_size
 
         def margin(idx):
             net.eval()
@@ -167,7 +168,7 @@ class Head:
         both = torch.cat([self.chosen, self.rejected])  # one forward per step for both answers
         n = len(self.chosen)
         best = (float("inf"), None)
-        for _ in range(cfg.resolved("epochs")):
+        for _ in range(cfg.epochs):
             net.train()
             perm = train[torch.randperm(len(train))]
             for start in range(0, len(perm), batch):

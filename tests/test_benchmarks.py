@@ -49,8 +49,8 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     from benchmarks.bench_reward import saved_margins
 
     from model.pairs import read_pairs
-    from model.reward import TrainConfig
-    from model.training import train_reward_model
+    from model.reward.config import TrainConfig
+    from model.reward.train import train_reward_model
 
     data = tmp_path / "hh.jsonl"
     data.write_text("\n".join(hh_style_lines(40)) + "\n")

@@ -10,7 +10,7 @@ from tiny_models import tiny_causal_lm
 
 from backend.cli_generation import build_tasks, dataset_items, read_records, register
 from backend.config import ConfigError, load_settings
-from model.generator import Candidates
+from model.generation.types import Candidates
 from model.pairs import GENERATION_KEY, TaskFields
 
 

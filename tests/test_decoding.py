@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
-from model.decoding import Sampling, next_tokens, sample, use_fast_decoding
+from model.generation.decoding import Sampling, next_tokens, sample, use_fast_decoding
 from tiny_models import tiny_causal_lm
 
 PROMPTS = ["What is the capital of France?", "Write a poem.",

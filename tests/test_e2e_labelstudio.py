@@ -84,7 +84,7 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
 
     from backend import jobs
     from backend.config import generation_config, load_settings
-    from model.generator import load_generator
+    from model.generation import load_generator
 
     ls = LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
     project = ls.projects.create(title="human edit", label_config=(ROOT / "label_config.xml").read_text())

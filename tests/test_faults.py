@@ -43,10 +43,10 @@ def synthetic_pairs(n: int, seed: int = 0):
 
 
 def train_versions(model_dir: Path, project: int, base_model: Path, pairs=None, seed: int = 0) -> str:
-    """A real version: real training (model.training, fast mode) into VersionStore, activated."""
-    from model.reward import TrainConfig
+    """A real version: real training (model.reward.train, fast mode) into VersionStore, activated."""
+    from model.reward.config import TrainConfig
     from model.store import VersionStore
-    from model.training import train_reward_model
+    from model.reward.train import train_reward_model
 
     store = VersionStore(model_dir)
     with store.new_version(project) as pending:
@@ -145,7 +145,7 @@ def versions_for_swap(tmp_path):
 
 
 def expected_scores(model_dir: Path, names: list[str], task: dict) -> dict[str, float]:
-    from model.reward import RewardModel
+    from model.reward.model import RewardModel
 
     scores = {}
     for name in names:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from tiny_models import tiny_causal_lm
 
-import model.generator as gen
-from model.generator import (MAX_TRIES, Candidates, GenerationConfig, GenerationError, count_new_tokens,
-                             load_generator)
+import model.generation.local as gen
+from model.generation import load_generator
+from model.generation.local import count_new_tokens
+from model.generation.types import MAX_TRIES, Candidates, GenerationConfig, GenerationError
 
 
 @pytest.fixture(scope="module")

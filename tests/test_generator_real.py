@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from model.generator import GenerationConfig, load_generator
+from model.generation import GenerationConfig, load_generator
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import torch
 from tiny_models import build_tokenizer, tiny_encoder
 from transformers import AutoModelForSequenceClassification
 
-from model.pooling import add_mean_pooling_layer
+from model.reward.pooling import add_mean_pooling_layer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Write a poem.", "What is the capital of France?"]
 

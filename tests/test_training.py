@@ -9,8 +9,10 @@ from tiny_models import tiny_encoder
 from transformers import AutoModelForSequenceClassification
 
 from model.pairs import PreferencePair
-from model.reward import RewardModel, TrainConfig
-from model.training import FeatureCache, split_pairs, train_reward_model
+from model.reward.config import TrainConfig
+from model.reward.model import RewardModel
+from model.reward.features import FeatureCache
+from model.reward.train import split_pairs, train_reward_model
 
 WORDS = "the quick brown fox jumps over lazy dog sea wind sky poem capital France Paris reward model".split()
 REQUIRED = {"n_pairs", "n_train", "n_val", "val_accuracy", "val_accuracy_ci", "val_loss", "mean_margin",
@@ -87,7 +89,7 @@ def test_saved_folder_is_a_stock_model_scoring_like_reward_model(encoder, pairs,
     assert stock.config.num_hidden_layers == 2 + (pooling == "mean")  # the tiny encoder has 2
     prompts = [p.prompt for p in pairs[:8]]
     answers = [p.chosen for p in pairs[:8]]
-    from model.reward import encode_pairs
+    from model.reward.model import encode_pairs
     with torch.inference_mode():
         direct = stock(**encode_pairs(rm.tokenizer, prompts, answers, rm.max_length)).logits[:, 0].tolist()
     assert rm.rewards(prompts, answers) == pytest.approx(direct, abs=1e-4)
@@ -122,9 +124,9 @@ def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):
 
 
 def test_feature_cache_merges_its_shards_and_keeps_every_feature(encoder, pairs, tmp_path, monkeypatch):
-    import model.training as training
+    import model.reward.features as features
 
-    monkeypatch.setattr(training, "MAX_SHARDS", 3)
+    monkeypatch.setattr(features, "MAX_SHARDS", 3)
     cache_dir = tmp_path / "cache"
     for n in range(1, 6):  # five runs, one new pair each: five shards, merged after the fourth
         out = tmp_path / str(n)
@@ -164,7 +166,7 @@ def test_no_pairs_and_bad_mode_raise(encoder, tmp_path):
 
 
 def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
-    from model.training import _WeightAverage
+    from model.reward.full import _WeightAverage
 
     layer = torch.nn.Linear(2, 1)
     frozen = torch.nn.Linear(2, 1)
@@ -186,7 +188,7 @@ def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
 
 
 def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path):
-    from model.training import _margin_loss
+    from model.reward.objective import margin_loss as _margin_loss
 
     cfg = config(encoder, "full", epochs=3)
     metrics = train_reward_model(pairs[:120], cfg, tmp_path)
@@ -204,10 +206,10 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
 def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(encoder, pairs, tmp_path, monkeypatch):
     """members=2: two fine-tunes from the same weights (head included) with their own data orders; the
     saved weights are the mean of their kept weights, whatever the members' held-out losses."""
-    import model.training as training
+    import model.reward.full as full
 
     starts, kept = [], []
-    real = training._fine_tune
+    real = full._fine_tune
 
     def recording(model, *args, **kwargs):  # records around the real fine-tuning
         starts.append({n: p.detach().clone() for n, p in model.named_parameters()})
@@ -215,7 +217,7 @@ def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(enco
         kept.append(best["weights"])
         return best
 
-    monkeypatch.setattr(training, "_fine_tune", recording)
+    monkeypatch.setattr(full, "_fine_tune", recording)
     cfg = config(encoder, "full", epochs=2, members=2)
     metrics = train_reward_model(pairs[:120], cfg, tmp_path)
 
@@ -235,7 +237,7 @@ def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(enco
 def test_full_mode_trains_in_bf16_only_where_the_cpu_has_it(encoder, pairs, tmp_path, monkeypatch, native):
     """Emulated bf16 is ~20x slower than fp32 on a CPU without bf16 instructions."""
     import model.hardware as hardware
-    import model.training as training
+    import model.reward.train as training
 
     dtypes = set()
     real = training.load_reward_base
@@ -259,7 +261,7 @@ def test_full_mode_trains_without_dropout_unless_asked(encoder, pairs, tmp_path,
     the loss of the base model scored as it is served, unless dropout is on."""
     import torch.nn.functional as F
 
-    from model.training import load_reward_base
+    from model.reward.model import load_reward_base
 
     cfg = config(encoder, "full", epochs=1, learning_rate=0.0, average_epochs=None, bf16=False,
                  val_fraction=0.0, dropout=dropout, pooling="cls")

@@ -16,8 +16,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from model.pairs import read_pairs, write_trl_jsonl
-from model.reward import RewardModel, TrainConfig, trl_reward_function
-from model.training import train_reward_model
+from model.reward.config import TrainConfig
+from model.reward.model import RewardModel, trl_reward_function
+from model.reward.train import train_reward_model
 
 
 @pytest.fixture(scope="module")

