@@ -38,12 +38,15 @@ class PreferencePair:
 
     `meta` (not part of equality) carries provenance: task_id, annotation_id, annotator, chosen_side
     ("left"/"right"), chosen_source ("a"/"b": which generator made the chosen answer), lead_time.
+    `weight` scales the pair's share of the training loss: a ranking of k answers gives C(k,2) pairs of
+    weight 1/C(k,2) each, so one prompt read counts once (InstructGPT's recipe).
     """
 
     prompt: str
     chosen: str
     rejected: str
     meta: dict = field(default_factory=dict, compare=False)
+    weight: float = field(default=1.0, compare=False)
 
 
 def csv_value(value):
