@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from model.reward.features import FeatureCache
 from model.reward.model import resolve_base_model
-from model.reward.objective import bt_loss, margin_loss
+from model.reward.objective import bt_loss, margin_loss, pair_weights
 
 
 def _bert_head(model):
@@ -36,7 +36,7 @@ def train_fast(model, tokenizer, train, val, config, progress, out):
     import torch
 
     base_path = resolve_base_model(config.base_model)
-    cache = FeatureCache(base_path, config.max_length, out["pooling"], config.feature_cache_dir)
+    cache = FeatureCache.open(base_path, config.max_length, out["pooling"], config.feature_cache_dir)
     everything = train + val
     prompts = [p.prompt for p in everything] * 2
     answers = [p.chosen for p in everything] + [p.rejected for p in everything]
@@ -51,7 +51,7 @@ def train_fast(model, tokenizer, train, val, config, progress, out):
     t_idx, v_idx = torch.arange(len(train)), torch.arange(len(train), n)
 
     with _one_thread():  # small head ops: OpenMP hand-offs cost more than they save, badly so on busy cores
-        return _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out)
+        return _fit_head(model, chosen, rejected, pair_weights(everything), t_idx, v_idx, config, progress, out)
 
 
 @contextmanager
@@ -66,7 +66,7 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out):
+def _fit_head(model, chosen, rejected, weights, t_idx, v_idx, config, progress, out):
     import torch
 
     head, modules = _bert_head(model)
@@ -85,14 +85,14 @@ def _fit_head(model, chosen, rejected, t_idx, v_idx, config, progress, out):
         total = 0.0
         for start in range(0, len(perm), batch):
             idx = perm[start:start + batch]
-            loss = bt_loss(head(chosen[idx], True), head(rejected[idx], True), config)
+            loss = bt_loss(head(chosen[idx], True), head(rejected[idx], True), config, weights[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-        entry = {"epoch": epoch, "train_loss": total / len(t_idx)}
+            total += loss.item() * weights[idx].sum().item()
+        entry = {"epoch": epoch, "train_loss": total / weights[t_idx].sum().item()}
         if len(v_idx):
-            entry["val_loss"] = margin_loss(margins(v_idx), config)
+            entry["val_loss"] = margin_loss(margins(v_idx), config, weights[v_idx])
         history.append(entry)
         score = entry.get("val_loss", entry["train_loss"])
         if best is None or score < best[0]:

@@ -4,7 +4,9 @@ once and kept on disk, so a retrain or a rescoring is arithmetic on cached vecto
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +14,10 @@ from pathlib import Path
 from model.reward.model import encode_pairs
 
 MAX_SHARDS = 16  # feature-cache shards on disk before they are merged into one
+
+log = logging.getLogger(__name__)
+_open: dict[tuple, "FeatureCache"] = {}
+_open_lock = threading.Lock()
 
 
 class FeatureCache:
@@ -25,9 +31,29 @@ class FeatureCache:
     def __init__(self, base_path: str, max_length: int, pooling: str, folder: Path | None):
         self.features: dict[str, object] = {}
         self.folder = None
+        self._loaded: set[str] = set()  # shard files read so far
         if folder is not None:
             self.folder = Path(folder) / _model_key(base_path, f"{max_length}|{pooling}")
-            for shard in sorted(self.folder.glob("shard-*.pt")):
+            self.reload()
+
+    @classmethod
+    def open(cls, base_path: str, max_length: int, pooling: str, folder: Path | None) -> "FeatureCache":
+        """The process's one cache for these settings, with the shards other processes wrote since it was
+        last opened: a worker keeps its features in memory between jobs instead of reading them all again."""
+        if folder is None:
+            return cls(base_path, max_length, pooling, None)
+        with _open_lock:
+            key = (str(folder), _model_key(base_path, f"{max_length}|{pooling}"))
+            cache = _open.get(key)
+            if cache is None:
+                cache = _open[key] = cls(base_path, max_length, pooling, folder)
+            else:
+                cache.reload()
+            return cache
+
+    def reload(self) -> None:
+        for shard in sorted(self.folder.glob("shard-*.pt")) if self.folder and self.folder.is_dir() else []:
+            if shard.name not in self._loaded:
                 self._load_shard(shard)
 
     def _load_shard(self, shard: Path) -> None:
@@ -35,9 +61,13 @@ class FeatureCache:
 
         try:
             data = torch.load(shard, weights_only=True)
-        except (OSError, RuntimeError, EOFError):  # unreadable shard: recompute those features
+        except FileNotFoundError:  # merged into another shard by a compaction meanwhile
+            return
+        except (OSError, RuntimeError, EOFError) as exc:
+            log.warning("feature cache shard %s is unreadable (%s); its features will be computed again", shard, exc)
             return
         self.features.update(zip(data["keys"], data["features"]))
+        self._loaded.add(shard.name)
 
     @staticmethod
     def key(prompt: str, answer: str) -> str:
@@ -74,12 +104,15 @@ class FeatureCache:
         tmp = self.folder / f"tmp-{uuid.uuid4().hex}.part"
         with open(tmp, "wb") as f:
             torch.save({"keys": keys, "features": features}, f)
-        os.replace(tmp, self.folder / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.pt")
+        name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.pt"
+        os.replace(tmp, self.folder / name)
+        self._loaded.add(name)
 
     def _compact(self) -> None:
         """A retrain per annotation adds a shard per annotation: past MAX_SHARDS, merge them into one.
-        The merged shard is in place before any shard it holds is deleted, and a shard another process
-        writes meanwhile is not touched, so no feature is ever lost (at worst some are stored twice)."""
+        The merged shard is in place before any shard it holds is deleted, and a shard this process has not
+        read (another process wrote it meanwhile) is not touched, so no feature is ever lost (at worst some
+        are stored twice)."""
         import torch
 
         shards = sorted(self.folder.glob("shard-*.pt"))
@@ -88,7 +121,9 @@ class FeatureCache:
         keys = list(self.features)
         self._write_shard(keys, torch.stack([self.features[k] for k in keys]))
         for shard in shards:
-            shard.unlink(missing_ok=True)
+            if shard.name in self._loaded:
+                shard.unlink(missing_ok=True)
+                self._loaded.discard(shard.name)
 
 
 def _model_key(base_path: str, variant: str) -> str:
