@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from model.generation.types import MAX_CANDIDATES
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -57,7 +59,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("GENERATOR_MODEL", "smollm2",
            "smollm2 (the packaged SmolLM2-135M-Instruct), a Hugging Face id, a local folder or a .gguf file; "
            "for GENERATOR=openai, the served model name."),
-    Option("GENERATOR_B_MODEL", None, "Optional second model: answer B comes from it (compare two checkpoints)."),
+    Option("GENERATOR_B_MODEL", None, "Optional second model: answer B comes from it (compare two checkpoints; "
+           "needs CANDIDATES=2)."),
+    Option("CANDIDATES", "2", "Answers generated per prompt, 2 to 26: a Ranker project (label_config_ranker.xml) "
+           "shows them all, e.g. 4; a Pairwise project shows two."),
     Option("OPENAI_BASE_URL", None, "Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."),
     Option("OPENAI_API_KEY", None, "API key of that server.", secret=True),
     Option("SYSTEM_PROMPT", None, "System message the generator starts each conversation with, unless the prompt "
@@ -107,6 +112,7 @@ class Settings:
     generator: str
     generator_model: str
     generator_b_model: str | None
+    candidates: int
     openai_base_url: str | None
     openai_api_key: str | None = field(repr=False)
     system_prompt: str | None
@@ -200,6 +206,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     openai_base_url = url("OPENAI_BASE_URL")
     if generator == "openai" and not openai_base_url:
         raise ConfigError("GENERATOR=openai needs OPENAI_BASE_URL (e.g. http://localhost:8000/v1)")
+    candidates = integer("CANDIDATES", 2)
+    if candidates > MAX_CANDIDATES:
+        raise ConfigError(f"CANDIDATES must be at most {MAX_CANDIDATES}, got {candidates}")
+    if candidates != 2 and raw("GENERATOR_B_MODEL"):
+        raise ConfigError("GENERATOR_B_MODEL gives answer B beside GENERATOR_MODEL's answer A, so it needs "
+                          f"CANDIDATES=2, got {candidates}")
     log_level = raw("LOG_LEVEL").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -225,6 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         generator=generator,
         generator_model=raw("GENERATOR_MODEL"),
         generator_b_model=raw("GENERATOR_B_MODEL"),
+        candidates=candidates,
         openai_base_url=openai_base_url,
         openai_api_key=raw("OPENAI_API_KEY"),
         system_prompt=raw("SYSTEM_PROMPT"),
@@ -255,7 +268,8 @@ def generation_config(settings: Settings):
         base_url=settings.openai_base_url, api_key=settings.openai_api_key, system_prompt=settings.system_prompt,
         temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
         seed=settings.generation_seed, batch_size=settings.generation_batch_size, dtype=settings.torch_dtype,
-        threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache")
+        threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache",
+        candidates=settings.candidates)
 
 
 def train_config(settings: Settings):

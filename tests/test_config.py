@@ -21,6 +21,10 @@ def test_defaults_load_without_any_environment():
     ({"TOP_P": "1.5"}, "TOP_P must be between"),
     ({"LABEL_STUDIO_ALLOW_PRIVATE_HOSTS": "maybe"}, "must be true or false"),
     ({"TRAIN_MEMBERS": "0"}, "TRAIN_MEMBERS must be at least 1"),
+    ({"CANDIDATES": "1"}, "CANDIDATES must be at least 2"),
+    ({"CANDIDATES": "27"}, "CANDIDATES must be at most 26"),
+    ({"CANDIDATES": "four"}, "CANDIDATES must be an integer"),
+    ({"CANDIDATES": "4", "GENERATOR_B_MODEL": "other"}, "needs CANDIDATES=2"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -32,6 +36,13 @@ def test_training_settings_reach_the_train_config():
 
     config = train_config(load_settings({"TRAIN_MODE": "full", "TRAIN_MEMBERS": "3", "REWARD_POOLING": "cls"}))
     assert (config.mode, config.members, config.pooling) == ("full", 3, "cls")
+
+
+def test_candidates_reach_the_generation_config():
+    from backend.config import generation_config
+
+    assert generation_config(load_settings({})).candidates == 2
+    assert generation_config(load_settings({"CANDIDATES": "4"})).candidates == 4
 
 
 def test_secrets_stay_out_of_repr():

@@ -119,3 +119,20 @@ def test_sampling_draws_from_the_distribution_of_transformers_warpers(top_k, top
     observed = torch.bincount(tokens, minlength=200).float() / draws
     assert set(observed.nonzero().flatten().tolist()) <= set(expected.nonzero().flatten().tolist())
     assert (observed - expected).abs().max() < 0.02
+
+
+def test_one_prefill_serves_all_k_answers(fast, monkeypatch):
+    """k=4 answers per prompt: the prompts run through the model once, then 4 rows per prompt decode."""
+    model, enc = fast
+    shapes = []
+    forward = model.forward
+
+    def recording(input_ids, *args, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    out = greedy(model, enc, 6, n=4)
+    assert out.shape == (3 * 4, 6)
+    assert shapes[0] == tuple(enc["input_ids"].shape)  # the prefill: 3 prompts, not 12
+    assert all(shape == (12, 1) for shape in shapes[1:]) and len(shapes) == 6

@@ -14,7 +14,7 @@ from tiny_models import tiny_causal_lm
 import model.generation.local as gen
 from model.generation import load_generator
 from model.generation.local import count_new_tokens
-from model.generation.types import MAX_TRIES, Candidates, GenerationConfig, GenerationError
+from model.generation.types import MAX_TRIES, Candidates, GenerationConfig, GenerationError, needs_resample
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,64 @@ def test_identical_answers_are_resampled_then_recorded(tiny, monkeypatch):
     assert stuck.answers is None and "identical" in stuck.error and str(MAX_TRIES) in stuck.error
 
 
+def test_k_answers_per_prompt_all_different(tiny):
+    g = local(tiny, candidates=4, batch_size=2)
+    results = g.generate(PROMPTS)
+    for r in results:
+        assert r.error is None and len(r.answers) == 4
+        assert all(a.strip() for a in r.answers) and len(set(r.answers)) == 4
+    # The same loaded generator also makes pairs for a Pairwise project.
+    assert all(len(r.answers) == 2 for r in g.generate(PROMPTS[:2], candidates=2))
+
+
+def test_k_answers_come_from_one_sampling_call_per_batch(tiny, monkeypatch):
+    g = local(tiny, candidates=4, batch_size=2)
+    calls = []
+
+    def sample(batch, n, kwargs):
+        calls.append((len(batch), n))
+        return echo_sample(g.lm_a, "A")(batch, n, kwargs)
+
+    monkeypatch.setattr(g.lm_a, "sample", sample)
+    for prompt, result in zip(PROMPTS, g.generate(PROMPTS)):
+        assert [a[:3] for a in result.answers] == ["A0:", "A1:", "A2:", "A3:"] and prompt in result.answers[3]
+    assert calls == [(2, 4), (2, 4), (1, 4)]
+
+
+def test_a_repeat_among_k_answers_resamples_all_k(tiny, monkeypatch):
+    g = local(tiny, candidates=4)
+    tries = []
+
+    def fake_sample(batch, n, kwargs):
+        tries.append(n)
+        answers = ["w", "x", "y", "x"] if len(tries) == 1 else ["w", "x", "y", "z"]
+        return [answers for _ in batch], 0
+
+    monkeypatch.setattr(g.lm_a, "sample", fake_sample)
+    [result] = g.generate(["a"])
+    assert result.answers == ("w", "x", "y", "z") and tries == [4, 4]
+
+
+@pytest.mark.parametrize("answers, resample", [
+    (("a", "b"), False), (("a", "a"), True), (("a", " "), True), (("a", "b", "c", "d"), False),
+    (("a", "b", "c", "b"), True), (("a", "b", "", "d"), True), ((" a", "a\n", "b"), True),
+])
+def test_needs_resample_for_k_answers(answers, resample):
+    assert needs_resample(answers) is resample
+
+
+def test_k_must_be_between_2_and_26_and_a_second_model_needs_2(tiny, tiny_b):
+    for k in (1, 27):
+        with pytest.raises(GenerationError, match="between 2 and 26"):
+            local(tiny, candidates=k)
+    with pytest.raises(GenerationError, match="exactly 2 candidates"):
+        local(tiny, model_b=str(tiny_b), candidates=3)
+    with pytest.raises(GenerationError, match="exactly 2 candidates"):
+        local(tiny, model_b=str(tiny_b)).generate(["hi"], candidates=4)
+    with pytest.raises(GenerationError, match="between 2 and 26"):
+        local(tiny).generate(["hi"], candidates=1)
+
+
 def test_progress_reaches_the_total(tiny):
     seen = []
     local(tiny, batch_size=2).generate(PROMPTS + [""], progress=lambda done, total: seen.append((done, total)))
@@ -279,6 +337,7 @@ class FakeServer:
         self.requests: list[dict] = []
         self.status = 200
         self.honour_n = True
+        self.max_choices: int | None = None  # send at most this many choices
         self.answers = iter(f"answer {i}" for i in range(10_000))
         server = self
 
@@ -291,6 +350,7 @@ class FakeServer:
                     payload = f"error; you sent {self.headers.get('Authorization')}".encode()
                 else:
                     n = body.get("n", 1) if server.honour_n else 1
+                    n = n if server.max_choices is None else min(n, server.max_choices)
                     payload = json.dumps({"object": "chat.completion", "choices": [
                         {"index": i, "message": {"role": "assistant", "content": next(server.answers)},
                          "finish_reason": "stop"} for i in range(n)]}).encode()
@@ -353,6 +413,26 @@ def test_openai_falls_back_to_two_calls_when_n_is_ignored(server):
     assert result.answers == ("answer 0", "answer 1") and len(server.requests) == 2
 
 
+def test_openai_asks_for_k_choices_in_one_request(server):
+    [result] = openai(server.url, candidates=4).generate(["Hi"])
+    assert result.answers == ("answer 0", "answer 1", "answer 2", "answer 3")
+    assert [r["body"]["n"] for r in server.requests] == [4]
+
+
+def test_openai_tops_up_k_when_n_is_ignored(server):
+    server.honour_n = False
+    [result] = openai(server.url, candidates=4).generate(["Hi"])
+    assert result.answers == ("answer 0", "answer 1", "answer 2", "answer 3")
+    assert [r["body"]["n"] for r in server.requests] == [4, 3, 2, 1]
+
+
+def test_openai_server_without_choices_is_a_generation_error(server):
+    server.max_choices = 0
+    with pytest.raises(GenerationError, match="sent no choices"):
+        openai(server.url, candidates=3).generate(["Hi"])
+    assert len(server.requests) == 1
+
+
 def test_openai_second_model_answers_b(server):
     [result] = openai(server.url, model_b="other-model").generate(["Hi"])
     assert result.answers == ("answer 0", "answer 1")
@@ -400,5 +480,13 @@ def test_batches_group_similar_lengths_and_bound_the_tokens_of_long_prompts():
     assert sorted(i for batch in got for i in batch) == list(range(len(ids)))
     assert got == [[3, 0, 2], [5, 4], [6, 1]]  # shortest first, at most batch_size prompts
     for batch in got:
-        assert len(batch) * (max(len(ids[i]) for i in batch) + 128) <= gen.BATCH_TOKENS or len(batch) == 1
+        assert len(batch) * 2 * (max(len(ids[i]) for i in batch) + 128) <= gen.BATCH_TOKENS or len(batch) == 1
     assert max(len(b) for b in gen.batches(ids, batch_size=64, max_new_tokens=128)) == 4
+
+
+def test_batches_bound_every_sampled_sequence():
+    """k answers per prompt are k rows of KV cache: twice the answers, half the prompts per batch."""
+    ids = [[0] * 1000 for _ in range(100)]
+    rows = {n: max(len(b) for b in gen.batches(ids, batch_size=64, max_new_tokens=128, n=n)) for n in (1, 2, 4)}
+    assert rows == {n: gen.BATCH_TOKENS // (n * 1128) for n in (1, 2, 4)} and rows[2] == 2 * rows[4] + 1
+    assert rows[4] * 4 * 1128 <= gen.BATCH_TOKENS < (rows[4] + 1) * 4 * 1128

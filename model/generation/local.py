@@ -18,15 +18,17 @@ from pathlib import Path
 
 from model.conversation import end_of_turn, prompt_messages, prompt_text
 from model.generation.types import (MAX_TRIES, SMOLLM2, Candidates, GenerationConfig, GenerationError, Progress,
-                                    needs_resample, printable_prompt, prompt_problem, same_answer_error)
+                                    check_candidates, needs_resample, printable_prompt, prompt_problem,
+                                    same_answer_error)
 from model.hardware import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Token slots (prompt + answer) per batch: bounds the KV cache and activations whatever the prompt lengths
-# (e.g. 64 prompts of 256 tokens with 128-token answers: 1.1 GB of KV cache for SmolLM2, two answers each).
-BATCH_TOKENS = 64 * 384
+# Token slots per batch, over every sequence sampled (k per prompt, each prompt + answer long): bounds the KV
+# cache and activations whatever the prompt lengths and k (e.g. 64 prompts of 256 tokens with 128-token
+# answers, two answers each: 1.1 GB of KV cache for SmolLM2; with four answers each, 32 such prompts).
+BATCH_TOKENS = 2 * 64 * 384
 
 
 def smollm2_gguf() -> Path:
@@ -225,14 +227,15 @@ def count_new_tokens(new, eos_ids: list[int]) -> int:
     return int((~after_end).sum())
 
 
-def batches(ids: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+def batches(ids: list[list[int]], batch_size: int, max_new_tokens: int, n: int = 2) -> list[list[int]]:
     """Indices of `ids` in batches of similar length: at most `batch_size` prompts, and at most BATCH_TOKENS
-    (prompts x (longest prompt + max_new_tokens)), so that a batch of long prompts stays within memory."""
+    (prompts x n answers x (longest prompt + max_new_tokens)), so that a batch of long prompts, or of many
+    answers per prompt, stays within memory."""
     out: list[list[int]] = []
     for i in sorted(range(len(ids)), key=lambda i: len(ids[i])):
         # Sorted by length: prompt i is the longest of the batch it joins.
         if out and len(out[-1]) < batch_size and \
-                (len(out[-1]) + 1) * (len(ids[i]) + max_new_tokens) <= BATCH_TOKENS:
+                (len(out[-1]) + 1) * n * (len(ids[i]) + max_new_tokens) <= BATCH_TOKENS:
             out[-1].append(i)
         else:
             out.append([i])
@@ -240,7 +243,7 @@ def batches(ids: list[list[int]], batch_size: int, max_new_tokens: int) -> list[
 
 
 class LocalGenerator:
-    """transformers on this machine; batches prompts, two sampled answers per prompt."""
+    """transformers on this machine; batches prompts, k sampled answers per prompt (one prefill for all k)."""
 
     def __init__(self, config: GenerationConfig):
         import torch
@@ -263,24 +266,27 @@ class LocalGenerator:
     def _answers(self, lm: _LM, ids: list[list[int]], n: int) -> list[list[str]]:
         """n answers per prompt, similar lengths batched together so little compute goes into padding."""
         result: list[list[str]] = [[] for _ in ids]
-        for chunk in batches(ids, self.config.batch_size, self.config.max_new_tokens):
+        for chunk in batches(ids, self.config.batch_size, self.config.max_new_tokens, n):
             texts, tokens = lm.sample([ids[i] for i in chunk], n, self.config)
             self.new_tokens += tokens
             for i, answers in zip(chunk, texts):
                 result[i] = answers
         return result
 
-    def _pairs(self, indices: list[int], ids_a: dict, ids_b: dict) -> dict[int, tuple[str, str]]:
+    def _candidates(self, indices: list[int], ids_a: dict, ids_b: dict, k: int) -> dict[int, tuple[str, ...]]:
         if self.lm_b is None:
-            both = self._answers(self.lm_a, [ids_a[i] for i in indices], 2)
-            return {i: (ans[0], ans[1]) for i, ans in zip(indices, both)}
+            every = self._answers(self.lm_a, [ids_a[i] for i in indices], k)
+            return {i: tuple(ans) for i, ans in zip(indices, every)}
         first = self._answers(self.lm_a, [ids_a[i] for i in indices], 1)
         second = self._answers(self.lm_b, [ids_b[i] for i in indices], 1)
         return {i: (a[0], b[0]) for i, a, b in zip(indices, first, second)}
 
-    def generate(self, prompts: list, progress: Progress | None = None) -> list[Candidates]:
+    def generate(self, prompts: list, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Candidates]:
         import torch
 
+        k = self.config.candidates if candidates is None else candidates
+        check_candidates(k, self.config.model_b)
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)  # same prompts + same seed -> same answers
         results = [Candidates(prompt=printable_prompt(p), answers=None, error=prompt_problem(p)) for p in prompts]
@@ -301,8 +307,8 @@ class LocalGenerator:
                 chunk = todo[start:start + size * 4]
                 pending = chunk
                 for _ in range(MAX_TRIES):
-                    for i, pair in self._pairs(pending, ids_a, ids_b).items():
-                        results[i].answers = pair
+                    for i, answers in self._candidates(pending, ids_a, ids_b, k).items():
+                        results[i].answers = answers
                     pending = [i for i in pending if needs_resample(results[i].answers)]
                     if not pending:
                         break

@@ -1,6 +1,7 @@
 """Candidates from an OpenAI-compatible chat-completions server (vLLM, TGI, llama.cpp server, OpenAI).
 
-One request per prompt asks for n=2 choices; servers that ignore `n` get a second request. The API key
+One request per prompt asks for n=k choices; servers that ignore `n` (or send fewer) get more requests for
+the rest. The API key
 only ever travels in the Authorization header: it is in no message, log line or describe().
 """
 
@@ -13,7 +14,8 @@ import requests
 
 from model.conversation import prompt_messages
 from model.generation.types import (MAX_TRIES, Candidates, GenerationConfig, GenerationError, Progress,
-                             needs_resample, printable_prompt, prompt_problem, same_answer_error)
+                                    check_candidates, needs_resample, printable_prompt, prompt_problem,
+                                    same_answer_error)
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +76,32 @@ class OpenAIGenerator:
             raise GenerationError(f"the generation server at {where} sent a response that is not a chat "
                                   f"completion ({type(exc).__name__})") from None
 
-    def _pair(self, prompt) -> tuple[str, str]:
+    def _answers(self, model: str, prompt, k: int) -> list[str]:
+        answers: list[str] = []
+        while len(answers) < k:  # a server that ignores n sends one choice per request
+            more = self._chat(model, prompt, k - len(answers))
+            if not more:
+                raise GenerationError(f"the generation server at {public_url(self.url)} sent no choices")
+            answers += more
+        return answers
+
+    def _candidates(self, prompt, k: int) -> tuple[str, ...]:
         c = self.config
         if c.model_b:
-            return self._chat(c.model, prompt, 1)[0], self._chat(c.model_b, prompt, 1)[0]
-        answers = self._chat(c.model, prompt, 2)
-        if len(answers) < 2:  # the server ignores n
-            answers += self._chat(c.model, prompt, 1)
-        return answers[0], answers[1]
+            return self._answers(c.model, prompt, 1)[0], self._answers(c.model_b, prompt, 1)[0]
+        return tuple(self._answers(c.model, prompt, k))
 
-    def generate(self, prompts: list, progress: Progress | None = None) -> list[Candidates]:
+    def generate(self, prompts: list, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Candidates]:
+        k = self.config.candidates if candidates is None else candidates
+        check_candidates(k, self.config.model_b)
         results = []
         for done, prompt in enumerate(prompts, 1):
             result = Candidates(prompt=printable_prompt(prompt), answers=None, error=prompt_problem(prompt))
             if result.error is None:
                 try:
                     for _ in range(MAX_TRIES):
-                        result.answers = self._pair(prompt)
+                        result.answers = self._candidates(prompt, k)
                         if not needs_resample(result.answers):
                             break
                     else:

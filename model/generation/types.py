@@ -10,7 +10,8 @@ from typing import Callable, Protocol
 from model.conversation import is_messages
 
 SMOLLM2 = "smollm2"
-MAX_TRIES = 3  # generations per prompt before giving up on getting two different answers
+MAX_TRIES = 3  # generations per prompt before giving up on getting k different answers
+MAX_CANDIDATES = 26  # answers per prompt are labelled "a".."z" in the generation mapping
 
 Progress = Callable[[int, int], None]
 
@@ -19,7 +20,7 @@ Progress = Callable[[int, int], None]
 class GenerationConfig:
     backend: str = "local"            # "local" (transformers) | "openai" (OpenAI-compatible chat completions)
     model: str = SMOLLM2              # "smollm2", an HF id, a local folder or a .gguf path; openai: served name
-    model_b: str | None = None        # optional second model: answer B comes from it, answer A from `model`
+    model_b: str | None = None        # optional second model: answer B comes from it, answer A from `model` (k=2)
     base_url: str | None = None       # openai backend base URL, e.g. http://localhost:8000/v1
     api_key: str | None = field(default=None, repr=False)  # never logged, never in describe() or errors
     system_prompt: str | None = None  # starts every conversation that has no system message of its own
@@ -31,12 +32,13 @@ class GenerationConfig:
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     threads: int | None = None        # torch.set_num_threads
     cache_dir: Path | None = None     # where a GGUF is converted once to safetensors
+    candidates: int = 2               # answers per prompt (k): 2 for Pairwise, e.g. 4 for a Ranker project
 
 
 @dataclass
 class Candidates:
     prompt: str | list                # as given: text or chat messages (repr of anything else)
-    answers: tuple[str, str] | None   # (answer A, answer B); None when this prompt failed
+    answers: tuple[str, ...] | None   # k answers (A, B, ...) in the order generated; None when this prompt failed
     error: str | None = None          # per-prompt problem: empty / non-string prompt, etc.
     truncated: bool = False           # prompt was left-truncated to fit the model's context
 
@@ -46,7 +48,8 @@ class GenerationError(RuntimeError):
 
 
 class Generator(Protocol):
-    def generate(self, prompts: list, progress: Progress | None = None) -> list[Candidates]: ...
+    def generate(self, prompts: list, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Candidates]: ...
 
     def describe(self) -> dict: ...
 
@@ -70,12 +73,22 @@ def printable_prompt(prompt):
     return prompt if isinstance(prompt, str) or is_messages(prompt) else repr(prompt)
 
 
-def needs_resample(answers: tuple[str, str]) -> bool:
-    """A pair is useless to an annotator when both answers are the same or one is empty."""
-    a, b = (s.strip() for s in answers)
-    return a == b or not a or not b
+def needs_resample(answers: tuple[str, ...]) -> bool:
+    """k answers are useless to an annotator when two of them are the same or one is empty: all k are
+    sampled again (a partial top-up would change what k=2 has always given for a seed)."""
+    texts = [s.strip() for s in answers]
+    return not all(texts) or len(set(texts)) < len(texts)
 
 
 def same_answer_error(tries: int) -> str:
-    return f"the model gave two identical (or empty) answers in {tries} tries; try a higher temperature"
+    return f"the model gave identical (or empty) answers in {tries} tries; try a higher temperature"
+
+
+def check_candidates(k: int, model_b: str | None) -> None:
+    """GenerationError unless k answers per prompt can be made."""
+    if not isinstance(k, int) or not 2 <= k <= MAX_CANDIDATES:
+        raise GenerationError(f"candidates must be between 2 and {MAX_CANDIDATES} answers per prompt, got {k!r}")
+    if model_b and k != 2:
+        raise GenerationError(f"a second model (GENERATOR_B_MODEL) gives answer B beside the first model's answer "
+                              f"A, so it needs exactly 2 candidates per prompt, not {k}")
 
