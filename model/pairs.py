@@ -33,6 +33,21 @@ DEFAULT_FIELDS = TaskFields(pairwise="comparison", prompt="prompt", left="answer
 
 
 @dataclass(frozen=True)
+class RankerFields:
+    """Names read from a Ranker project's label config (label_config_ranker.xml): k answers in a <List>."""
+
+    ranker: str       # the Ranker control's name, e.g. "rank": the key of a full order in the result
+    list_name: str    # the List object's name, e.g. "answers": a prediction's to_name
+    answers: str      # data key of the List's items [{"id", "title", "body"}], e.g. "answers"
+    prompt: str       # data key of the prompt Text or Paragraphs, e.g. "prompt"
+    buckets: tuple[str, ...] = ()  # <Bucket> names in config order, read as best group first; () = full order
+    dialogue_prompt: bool = False  # the prompt shows as a dialogue (<Paragraphs>): task data holds chat messages
+
+
+DEFAULT_RANKER_FIELDS = RankerFields(ranker="rank", list_name="answers", answers="answers", prompt="prompt")
+
+
+@dataclass(frozen=True)
 class PreferencePair:
     """One human judgment: `chosen` was preferred over `rejected` as an answer to `prompt`.
 
@@ -60,7 +75,7 @@ def csv_value(value):
     return value
 
 
-def _generation(data: dict) -> dict:
+def generation_record(data: dict) -> dict:
     """data[GENERATION_KEY] as a dict."""
     value = csv_value(data.get(GENERATION_KEY))
     return value if isinstance(value, dict) else {}
@@ -68,7 +83,7 @@ def _generation(data: dict) -> dict:
 
 def _source(data: dict, side: str) -> str | None:
     """Which candidate ("a"/"b") was shown on `side`, from the mapping the generation job recorded."""
-    gen = _generation(data)
+    gen = generation_record(data)
     if gen.get(side) in ("a", "b"):
         return gen[side]
     left = gen.get("left")
@@ -83,10 +98,10 @@ def _make_pair(data: dict, selected: str, fields: TaskFields, meta: dict) -> Pre
         return None
     chosen, rejected = (left, right) if selected == "left" else (right, left)
     meta = {**meta, "chosen_side": selected, "chosen_source": _source(data, selected)}
-    return PreferencePair(_prompt(data.get(fields.prompt)), chosen, rejected, meta)
+    return PreferencePair(task_prompt(data.get(fields.prompt)), chosen, rejected, meta)
 
 
-def _prompt(value) -> str:
+def task_prompt(value) -> str:
     """The prompt's text; a prompt of chat messages may come as a CSV export's JSON string."""
     decoded = csv_value(value)
     return prompt_text(decoded if is_messages(decoded) else value)
@@ -128,7 +143,7 @@ def judgement_choices(result, choices_name: str | None = None) -> tuple[str, ...
     return tuple(found)
 
 
-def _user(value):
+def annotator_of(value):
     """completed_by is an id in exports but may be a user dict in some API responses."""
     if isinstance(value, dict):
         return value.get("id", value.get("email"))
@@ -159,7 +174,7 @@ def pairs_from_tasks(tasks: list[dict], fields: TaskFields = DEFAULT_FIELDS) -> 
             if selected is None or TIE in choices:
                 continue
             meta = {"task_id": task.get("id"), "annotation_id": ann.get("id"),
-                    "annotator": _user(ann.get("completed_by")), "lead_time": ann.get("lead_time"),
+                    "annotator": annotator_of(ann.get("completed_by")), "lead_time": ann.get("lead_time"),
                     "both_bad": BOTH_BAD in choices}
             pair = _make_pair(data, selected, fields, meta)
             if pair is not None:

@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from backend.labels import LabelConfigError, parse_label_config
-from model.pairs import TaskFields
+from conftest import FIXTURES
+from model.pairs import DEFAULT_RANKER_FIELDS, RankerFields, TaskFields
 
 
 def test_template_config(label_config):
@@ -58,3 +62,51 @@ def test_chat_config_reads_the_conversation_from_paragraphs():
     config = (Path(__file__).parent.parent / "label_config_chat.xml").read_text()
     assert parse_label_config(config) == TaskFields("comparison", "prompt", "answer1", "answer2",
                                                     dialogue_prompt=True)
+
+
+# --------------------------------------------------------------------------------------------- Ranker
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_ranker_template_gives_ranker_fields():
+    fields = parse_label_config((ROOT / "label_config_ranker.xml").read_text())
+    assert fields == RankerFields(ranker="rank", list_name="answers", answers="answers", prompt="prompt")
+    assert fields == DEFAULT_RANKER_FIELDS and not isinstance(fields, TaskFields)
+
+
+def test_ranker_names_are_read_from_the_config():
+    config = """<View><Paragraphs name="chat" value="$dialogue" nameKey="role" textKey="content"/>
+      <List name="replies" value="$items"/><Ranker name="order" toName="replies"/></View>"""
+    assert parse_label_config(config) == RankerFields("order", "replies", "items", "dialogue", dialogue_prompt=True)
+
+
+def test_the_llm_ranker_template_has_buckets_in_config_order():
+    """Label Studio 1.23.2's "LLM Ranker" template (generative-ai/llm-ranker), as it ships."""
+    config = (FIXTURES / "ls-1.23.2-llm-ranker.xml").read_text()
+    assert parse_label_config(config) == RankerFields("rank", "answers", "items", "prompt",
+                                                      buckets=("relevant_results", "biased_results"))
+
+
+@pytest.mark.parametrize("config, message", [
+    ('<View><Text name="p" value="$p"/><List name="l" value="$l"/><Ranker name="r" toName="l"/>'
+     '<Text name="a" value="$a"/><Text name="b" value="$b"/><Pairwise name="c" toName="a,b"/></View>',
+     "both a <Pairwise> and a <Ranker>"),
+    ('<View><Text name="p" value="$p"/></View>', "no <Pairwise> control and no <Ranker>"),
+    ('<View><Text name="p" value="$p"/><Text name="l" value="$l"/><Ranker name="r" toName="l"/></View>',
+     "must name one <List>"),
+    ('<View><Text name="p" value="$p"/><List name="l" value="$l"/><Ranker name="r" toName="l"/>'
+     '<Ranker name="s" toName="l"/></View>', "2 <Ranker> controls"),
+    ('<View><List name="l" value="$l"/><Ranker name="r" toName="l"/></View>',
+     "no <Text> or <Paragraphs> for the prompt"),
+    ('<View><Text name="p" value="$p"/><List name="l" value="$l"/>'
+     '<Ranker name="r" toName="l"><Bucket name="good"/></Ranker></View>', "one <Bucket>, which orders nothing"),
+    ('<View><Text name="p" value="$p"/><List name="l" value="$l"/>'
+     '<Ranker name="r" toName="l"><Bucket name="good"/><Bucket name="good"/></Ranker></View>',
+     'two <Bucket>s named "good"'),
+    ('<View><Text name="p" value="$p"/><List name="l" value="$l"/>'
+     '<Ranker name="r" toName="l"><Bucket name="good"/><Bucket name="_"/></Ranker></View>', "needs a name other than"),
+])
+def test_unusable_ranker_configs_say_what_is_wrong(config, message):
+    with pytest.raises(LabelConfigError, match=re.escape(message)):
+        parse_label_config(config)
