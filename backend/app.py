@@ -1,7 +1,6 @@
-"""The HTTP routes Label Studio calls, plus /metrics, /jobs and /versions for people.
-
-Nothing slow happens here: /webhook only enqueues, /setup only parses the label config (cached) and
-records what Label Studio sent, /predict scores with a model loaded once per process.
+"""The HTTP routes: Label Studio's (/health, /setup, /predict, /webhook, /train, /versions) and /metrics,
+/jobs, /report for people. Each parses the request and hands it to RLHFPreferenceModel (backend/model.py),
+which owns what the calls mean; nothing slow happens here.
 """
 
 from __future__ import annotations
@@ -17,47 +16,30 @@ from werkzeug.exceptions import HTTPException
 
 from backend.auth import credentials_match
 from backend.config import Settings
-from backend.labels import LabelConfigError, parse_label_config
-from backend.labelstudio import ProjectRegistry
+from backend.jobs.report import report as report_job
 from backend.logs import RedactSecrets
 from backend.metrics import Metrics
-from backend.queue import GENERATE, MAINTENANCE, REPORT, TRAIN, JobQueue
+from backend.model import KNOWN_EVENTS, BadRequest, RLHFPreferenceModel
+from backend.queue import JobQueue, connect_redis
 from backend.report import report_path
-from backend.serving import ModelCache, predict
+from backend.serving import ModelCache
 from model.store import VersionStore
 
 log = logging.getLogger(__name__)
 
-MODEL_CLASS = "RLHFPreferenceModel"
-TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
-                "START_TRAINING"}
-GENERATE_EVENTS = {"TASKS_CREATED", "PROJECT_UPDATED"}
-KNOWN_EVENTS = TRAIN_EVENTS | GENERATE_EVENTS | {"TASKS_DELETED"}
-CATCH_UP_SECONDS = 60
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def connect_redis(url: str) -> redis.Redis:
-    # Short timeouts: with Redis down, /health and /predict must still answer within Label Studio's 1 s.
-    return redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=1.0, health_check_interval=30)
+MODEL_CLASS = RLHFPreferenceModel.__name__
 
 
 def create_app(settings: Settings, connection: redis.Redis | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     connection = connection or connect_redis(settings.redis_url)
-    store = VersionStore(settings.model_dir)
-    models = ModelCache(settings, store)
     queue = JobQueue(connection, settings.queue_prefix, settings.job_timeout, settings.job_retries)
-    registry = ProjectRegistry(connection, settings.queue_prefix)
+    models = ModelCache(settings, VersionStore(settings.model_dir))
+    model = RLHFPreferenceModel(settings, connection, queue, models)
     metrics = Metrics(connection, settings.queue_prefix)
     redactor = RedactSecrets(settings.secrets())
-    app.extensions["rlhf"] = {"models": models, "queue": queue, "store": store}
+    app.extensions["rlhf"] = {"model": model, "models": models, "queue": queue}
 
     @app.before_request
     def authenticate():
@@ -95,7 +77,7 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
         try:
             connection.ping()
             workers = Worker.count(connection=connection)
-            ls_status = registry.status()
+            ls_status = model.registry.status()
         except redis.RedisError:
             redis_ok, ls_status = False, None
         problems = []
@@ -115,31 +97,12 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
     @app.post("/setup")
     def setup():
         body = json_body()
-        project = project_id(body.get("project"))
-        schema = body.get("schema")
-        if not isinstance(schema, str):
-            raise BadRequest("'schema' (the project's label config) must be a string")
-        try:
-            parse_label_config(schema)
-        except LabelConfigError as exc:
-            raise BadRequest(f"this label config cannot be used: {exc}") from None
-        hostname, token = body.get("hostname"), body.get("access_token")
-        try:
-            registry.record_setup(project, hostname if isinstance(hostname, str) else None,
-                                  token if isinstance(token, str) else None, schema)
-            if settings.auth_enabled and not registry.webhook_auth_ok(project):
-                queue.enqueue(MAINTENANCE, project)
-            # Events can be lost (LS waits 1 s and never retries): an annotator at work (LS calls /setup
-            # before each prediction batch) triggers a catch-up pass, at most once a minute.
-            if registry.due_for_catch_up(project, CATCH_UP_SECONDS):
-                queue.enqueue(GENERATE, project)
-                queue.enqueue(TRAIN, project, reason="catch-up")  # skipped unless annotations changed
-        except redis.RedisError as exc:  # /setup gates every prediction batch: never fail it for Redis
-            log.warning("could not record /setup for project %s: %s", project, exc)
-        return jsonify(model_version=models.version(project))
+        version = model.setup(project_id(body.get("project")), body.get("schema"), body.get("hostname"),
+                              body.get("access_token"))
+        return jsonify(model_version=version)
 
     @app.post("/predict")
-    def predict_route():
+    def predict():
         body = json_body()
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not tasks:
@@ -148,16 +111,8 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
             if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
                 raise BadRequest(f"tasks[{i}] must be an object with a 'data' object")
         project = project_id(body.get("project") if body.get("project") is not None else tasks[0].get("project"))
-        config = body.get("label_config")
-        if not isinstance(config, str):
-            raise BadRequest("'label_config' must be a string")
-        try:
-            fields = parse_label_config(config)
-        except LabelConfigError as exc:
-            raise BadRequest(f"this label config cannot be used: {exc}") from None
-        scorer = models.scorer(project)
-        results = predict(scorer, tasks, fields)
-        return jsonify(results=results, model_version=scorer.version if scorer else models.version(project))
+        results, version = model.predict(project, tasks, body.get("label_config"))
+        return jsonify(results=results, model_version=version)
 
     @app.post("/webhook")
     def webhook():
@@ -170,33 +125,27 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
             return jsonify(status="ignored", action=action[:100])
         project_obj = body.get("project")
         project = project_id(project_obj.get("id") if isinstance(project_obj, dict) else project_obj)
-        if action == "TASKS_DELETED":
+        enqueued = model.fit(action, body, project)
+        if enqueued is None:
             return jsonify(status="ignored", action=action)
-        kind = TRAIN if action in TRAIN_EVENTS else GENERATE
-        kwargs = {"reason": action} if kind == TRAIN else {}
-        enqueued = queue.enqueue(kind, project, **kwargs)
         return jsonify(status="coalesced" if enqueued.coalesced else "queued", job=enqueued.job_id)
 
     @app.post("/train")  # the pre-webhook training call (only with an LS feature flag turned off)
     def legacy_train():
         body = json_body()
-        project = project_id(body.get("project"))
-        enqueued = queue.enqueue(TRAIN, project, reason="START_TRAINING")
+        enqueued = model.fit("START_TRAINING", body, project_id(body.get("project")))
         return jsonify(status="coalesced" if enqueued.coalesced else "queued", job=enqueued.job_id)
 
     @app.get("/versions")
     def versions():
         # Label Studio sends no project with this GET; ?project=N narrows it for people.
         wanted = request.args.get("project")
-        projects = [project_id(wanted)] if wanted else _store_projects(store)
-        detail = {p: {"current": store.current(p), "versions": store.versions(p)} for p in projects}
-        names = sorted({v for d in detail.values() for v in d["versions"]}, key=lambda v: int(v[1:]))
-        return jsonify(versions=names, projects=detail)
+        return jsonify(model.versions(project_id(wanted) if wanted else None))
 
     @app.get("/metrics")
     def metrics_route():
         snapshot = metrics.snapshot()
-        snapshot["versions"] = {p: store.current(p) for p in _store_projects(store)}
+        snapshot["versions"] = {p: d["current"] for p, d in model.versions()["projects"].items()}
         return jsonify(snapshot)
 
     @app.get("/report")
@@ -205,7 +154,7 @@ def create_app(settings: Settings, connection: redis.Redis | None = None) -> Fla
         project = project_id(request.args.get("project"))
         path = report_path(settings.model_dir, project)
         if request.args.get("refresh") or not path.is_file():
-            queue.enqueue(REPORT, project)
+            queue.enqueue(report_job, project)
         if not path.is_file():
             return Response('<meta http-equiv="refresh" content="15"><p>Building the report for project '
                             f'{project}; this page reloads itself.</p>', 202, mimetype="text/html")
@@ -252,8 +201,3 @@ def project_id(value) -> int:
             return int(head)
     raise BadRequest("'project' must be a project id such as 4 or \"4.1795778391\"")
 
-
-def _store_projects(store: VersionStore) -> list[int]:
-    if not store.root.is_dir():
-        return []
-    return sorted(int(p.name) for p in store.root.iterdir() if p.is_dir() and p.name.isdigit())

@@ -51,6 +51,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("QUEUE_PREFIX", "rlhf", "Prefix of the RQ queue names and Redis keys, to share one Redis."),
     Option("JOB_TIMEOUT", "3600", "Seconds before a generation or training job is killed."),
     Option("JOB_RETRIES", "3", "Retries (with backoff) for a job that fails, e.g. Label Studio unreachable."),
+    Option("RECONCILE_HOURS", "24", "Hours between full re-reads of a project's annotations (between them, "
+           "only what changed is read)."),
     # Storage
     Option("MODEL_DIR", "./rlhf-models", "Reward-model versions, generator caches and feature caches."),
     Option("KEEP_VERSIONS", "5", "Reward-model versions kept per project (the current one is never deleted)."),
@@ -107,6 +109,7 @@ class Settings:
     queue_prefix: str
     job_timeout: int
     job_retries: int
+    reconcile_hours: float
     model_dir: Path
     keep_versions: int
     generator: str
@@ -135,6 +138,10 @@ class Settings:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user)
+
+    @property
+    def reconcile_seconds(self) -> float:
+        return self.reconcile_hours * 3600
 
     def secrets(self) -> list[str]:
         """Every secret value in force, for log redaction."""
@@ -232,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_prefix=raw("QUEUE_PREFIX"),
         job_timeout=integer("JOB_TIMEOUT", 10),
         job_retries=integer("JOB_RETRIES", 0),
+        reconcile_hours=number("RECONCILE_HOURS", 0.0, 24.0 * 365),
         model_dir=Path(raw("MODEL_DIR")).expanduser().resolve(),
         keep_versions=integer("KEEP_VERSIONS", 1),
         generator=generator,

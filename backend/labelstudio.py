@@ -1,9 +1,15 @@
-"""How the worker reaches Label Studio (the source of truth), and the few SDK calls the jobs need.
+"""How the worker reaches Label Studio (the source of truth), and the few API calls the jobs need.
 
 Credentials: LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY when configured. Otherwise the `hostname` and the
 project creator's token that Label Studio sends in /setup. Anyone who can reach the backend can send a
 /setup, so: the configured API key only ever goes to LABEL_STUDIO_URL, and a /setup hostname on a
 private or loopback address is followed only with LABEL_STUDIO_ALLOW_PRIVATE_HOSTS=true.
+
+Every call goes through `LabelStudioClient._request` on the SDK's HTTP client (which handles legacy tokens
+and personal access tokens alike), and reads the JSON itself: the typed SDK methods parse every task into a
+pydantic model (slow at 10,000 tasks), ask for `fields=all` (every annotation and prediction serialized),
+send `ids=` where Label Studio reads `ids[]`, and lack the bulk endpoints. Errors carry the status, method,
+path and a short body excerpt, never the response's headers (Label Studio sets a session cookie on them).
 """
 
 from __future__ import annotations
@@ -16,14 +22,31 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlparse
 
+import httpx
 import redis
 from label_studio_sdk import LabelStudio
 
 from backend.config import Settings
 
+PAGE_SIZE = 1000      # tasks per page of a filtered task read (Label Studio's own maximum is larger)
+EXPORT_IDS = 200      # task ids per export request (they travel in the URL)
+ERROR_EXCERPT = 200   # characters of an error body kept in messages
+
 
 class LabelStudioUnavailable(RuntimeError):
     """No usable way to reach Label Studio for this project; the message says what to configure."""
+
+
+class LabelStudioError(RuntimeError):
+    """A call to Label Studio failed. The message names the call and never holds a credential."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class ProjectGone(LabelStudioError):
+    """Label Studio answers 404 or 403 for the project: it was deleted, or this key lost access to it."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,22 @@ class ProjectRegistry:
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping=fields)
         pipe.sadd(f"{self.prefix}:projects", project)
+        pipe.execute()
+
+    def record_label_config(self, project: int, label_config: str) -> bool:
+        """Remember the project's label config (from a PROJECT_UPDATED event); True if it differs from the
+        one the last such event brought (/setup records the config too, but not this)."""
+        pipe = self.redis.pipeline()
+        pipe.hget(self._key(project), "updated_config")
+        pipe.hset(self._key(project), mapping={"label_config": label_config, "updated_config": label_config})
+        previous, _ = pipe.execute()
+        return previous is None or previous.decode() != label_config
+
+    def forget(self, project: int) -> None:
+        """Label Studio says the project is gone: stop sweeping it (a new /setup brings it back)."""
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(project))
+        pipe.srem(f"{self.prefix}:projects", project)
         pipe.execute()
 
     def due_for_catch_up(self, project: int, interval: int) -> bool:
@@ -116,47 +155,146 @@ def resolve_connection(settings: Settings, setup: dict[str, str]) -> Connection:
     return Connection(hostname.rstrip("/"), token, "setup")
 
 
-class LabelStudioClient:
-    """The SDK calls the jobs make. Task and annotation dicts keep Label Studio's export shapes."""
+def task_query(*filters: dict, ids: list[int] | None = None, ordering: str = "tasks:id") -> str:
+    """A Data Manager query: every filter must hold (and the task is one of `ids`, when given)."""
+    query: dict = {"filters": {"conjunction": "and", "items": list(filters)}, "ordering": [ordering]}
+    if ids is not None:
+        query["selectedItems"] = {"all": False, "included": list(ids)}
+    return json.dumps(query)
 
-    def __init__(self, connection: Connection, timeout: float = 60.0):
+
+def updated_after(timestamp: str) -> dict:
+    return {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": timestamp}
+
+
+def id_after(task_id: int) -> dict:
+    return {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": task_id}
+
+
+UNLABELLED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+SEVERAL_PREDICTIONS = {"filter": "filter:tasks:total_predictions", "operator": "greater", "type": "Number", "value": 1}
+
+
+class LabelStudioClient:
+    """The calls the jobs make. Tasks come back as Label Studio's dicts (`fields=task_only`: id, data,
+    updated_at and the counters, no annotations or predictions)."""
+
+    def __init__(self, connection: Connection, timeout: float = 120.0):
         self.connection = connection
         self.sdk = LabelStudio(base_url=connection.url, api_key=connection.api_key, timeout=timeout)
+        self.calls = 0  # HTTP requests made (benchmarks and logs count them)
+
+    def _request(self, method: str, path: str, *, project: int | None = None, params=None, json_body=None):
+        self.calls += 1
+        try:
+            response = self.sdk._client_wrapper.httpx_client.request(path, method=method, params=params,
+                                                                     json=json_body)
+        except httpx.HTTPError as exc:
+            raise LabelStudioError(f"cannot reach Label Studio at {self.connection.url} ({method} /{path}): "
+                                   f"{type(exc).__name__}") from None
+        if response.status_code >= 400:
+            excerpt = " ".join(response.text[:ERROR_EXCERPT].split())
+            message = f"Label Studio answered {response.status_code} to {method} /{path}: {excerpt}"
+            gone = project is not None and response.status_code in (403, 404)
+            raise (ProjectGone if gone else LabelStudioError)(message, response.status_code)
+        return response.json() if response.content else None
+
+    # ---------------------------------------------------------------- projects
+
+    def project(self, project: int) -> dict:
+        return self._request("GET", f"api/projects/{project}", project=project)
 
     def label_config(self, project: int) -> str:
-        return self.sdk.projects.get(id=project).label_config
+        return self.project(project)["label_config"]
 
-    def tasks(self, project: int, page_size: int = 200) -> Iterator[dict]:
-        """Every task of the project: id, data, and whether it is labelled."""
-        for task in self.sdk.tasks.list(project=project, page_size=page_size, fields="all"):
-            yield {"id": task.id, "data": dict(task.data or {}), "is_labeled": bool(task.is_labeled),
-                   "total_annotations": task.total_annotations or 0}
+    def set_model_version(self, project: int, version: str) -> None:
+        """The project's model version decides which predictions the labelling page and the Data Manager's
+        score column show (Label Studio 1.23 filters them on it)."""
+        self._request("PATCH", f"api/projects/{project}", project=project, json_body={"model_version": version})
 
-    def task(self, task_id: int) -> dict:
-        task = self.sdk.tasks.get(id=str(task_id))
-        return {"id": task.id, "data": dict(task.data or {})}
+    # ---------------------------------------------------------------- tasks
+
+    def tasks(self, project: int, query: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict]:
+        """The project's tasks that match `query` (see `task_query`), page by page."""
+        page = 1
+        while True:
+            params = {"project": project, "fields": "task_only", "page": page, "page_size": page_size}
+            if query:
+                params["query"] = query
+            try:
+                body = self._request("GET", "api/tasks/", project=project, params=params)
+            except LabelStudioError as exc:
+                if exc.status == 404 and page > 1:  # Label Studio answers 404 past the last page
+                    return
+                raise
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            yield from tasks
+            if len(tasks) < page_size:
+                return
+            page += 1
+
+    def count(self, project: int, query: str | None = None) -> int:
+        params = {"project": project, "fields": "task_only", "page": 1, "page_size": 1}
+        if query:
+            params["query"] = query
+        return int(self._request("GET", "api/tasks/", project=project, params=params).get("total", 0))
 
     def update_task_data(self, task_id: int, data: dict) -> None:
         # Label Studio replaces `data` whole: callers pass every key, not just the changed ones.
-        self.sdk.tasks.update(id=str(task_id), data=data)
+        self._request("PATCH", f"api/tasks/{task_id}", json_body={"data": data})
 
-    def create_prediction(self, task_id: int, result: list, score: float, model_version: str) -> None:
-        self.sdk.predictions.create(task=task_id, result=result, score=score, model_version=model_version)
+    def export(self, project: int, ids: list[int] | None = None) -> list[dict]:
+        """Tasks in Label Studio's JSON export form, annotations included: every annotated task, or the
+        tasks in `ids` (annotated or not)."""
+        if ids is None:
+            return self._request("GET", f"api/projects/{project}/export", project=project,
+                                 params={"exportType": "JSON"})
+        out = []
+        for start in range(0, len(ids), EXPORT_IDS):
+            params = {"exportType": "JSON", "download_all_tasks": "true", "ids[]": ids[start:start + EXPORT_IDS]}
+            out += self._request("GET", f"api/projects/{project}/export", project=project, params=params)
+        return out
 
-    def export(self, project: int) -> list[dict]:
-        """Annotated tasks in Label Studio's JSON export form (annotations included)."""
-        raw = b"".join(self.sdk.projects.exports.download_sync(id=project, export_type="JSON"))
-        return json.loads(raw)
+    # ---------------------------------------------------------------- predictions
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> int:
+        """Bulk-create predictions; raises if Label Studio kept fewer than were sent (it drops predictions
+        that fail its validation against the label config without saying which)."""
+        if not predictions:
+            return 0
+        body = self._request("POST", f"api/projects/{project}/import/predictions", project=project,
+                             json_body=predictions)
+        created = int((body or {}).get("created", 0))
+        if created != len(predictions):
+            raise LabelStudioError(f"Label Studio kept {created} of {len(predictions)} predictions for project "
+                                   f"{project}: it drops those that do not fit the label config")
+        return created
+
+    def delete_model_version(self, project: int, version: str) -> int:
+        body = self._request("DELETE", f"api/projects/{project}/model-versions/", project=project,
+                             json_body={"model_version": version})
+        return int((body or {}).get("deleted_predictions", 0))
+
+    def predictions(self, task_id: int) -> list[dict]:
+        return self._request("GET", "api/predictions/", params={"task": task_id}) or []
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self._request("DELETE", f"api/predictions/{prediction_id}")
+
+    # ---------------------------------------------------------------- webhooks
 
     def add_webhook_auth(self, project: int, authorization: str) -> int:
         """Put our basic-auth header on the webhook Label Studio created for this backend (LS sends basic auth
         on its ML calls but not on event webhooks). Returns how many such webhooks exist (0: not created yet)."""
-        backend_urls = {b.url.rstrip("/") + "/webhook" for b in self.sdk.ml.list(project=project)}
+        backends = self._request("GET", "api/ml/", project=project, params={"project": project}) or []
+        backend_urls = {b["url"].rstrip("/") + "/webhook" for b in backends}
         found = 0
-        for hook in self.sdk.webhooks.list(project=str(project)):
-            if hook.url.rstrip("/") not in backend_urls:
+        for hook in self._request("GET", "api/webhooks/", project=project, params={"project": project}) or []:
+            if hook["url"].rstrip("/") not in backend_urls:
                 continue
             found += 1
-            if (hook.headers or {}).get("Authorization") != authorization:
-                self.sdk.webhooks.update(id=hook.id, headers={**(hook.headers or {}), "Authorization": authorization})
+            headers = hook.get("headers") or {}
+            if headers.get("Authorization") != authorization:
+                self._request("PATCH", f"api/webhooks/{hook['id']}",
+                              json_body={"headers": {**headers, "Authorization": authorization}})
         return found

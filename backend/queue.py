@@ -2,7 +2,12 @@
 
 A burst of 200 annotation events becomes one pending train job; an event that arrives while that job
 runs queues exactly one more, which will see the new annotations. The pending marker is cleared by the
-job when it starts (`claim`), not when it ends, so nothing that arrives during a run is lost.
+job when it starts (`claim`), not when it ends, so nothing that arrives during a run is lost. What an
+event asks for beyond "run" (e.g. START_TRAINING's "train even if nothing changed") travels as a flag
+beside the marker, so a request that is coalesced into a pending job still reaches it.
+
+Jobs are the functions `@job(kind)` makes in backend/jobs/; each kind has its own queue, and workers take
+the queues in KINDS order.
 """
 
 from __future__ import annotations
@@ -20,15 +25,10 @@ from backend.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-GENERATE, TRAIN, MAINTENANCE, REPORT = "generate", "train", "maintenance", "report"
-# Workers take queues in this order: a train job never waits behind a long generation backlog.
-KINDS = (TRAIN, MAINTENANCE, REPORT, GENERATE)
-JOB_FUNCTIONS = {
-    GENERATE: "backend.jobs.generate_answers",
-    TRAIN: "backend.jobs.train_reward_model",
-    MAINTENANCE: "backend.jobs.ensure_webhook_auth",
-    REPORT: "backend.jobs.build_report",
-}
+GENERATE, TRAIN, REFRESH, MAINTENANCE, REPORT = "generate", "train", "refresh", "maintenance", "report"
+# Workers take queues in this order: a train job never waits behind a long generation backlog, and a
+# new version trains before the previous one's predictions are refreshed.
+KINDS = (TRAIN, MAINTENANCE, REPORT, REFRESH, GENERATE)
 RETRY_BACKOFF = (10, 30, 90, 270)  # seconds between attempts; Label Studio restarts take ~30 s
 
 
@@ -36,6 +36,11 @@ RETRY_BACKOFF = (10, 30, 90, 270)  # seconds between attempts; Label Studio rest
 class Enqueued:
     job_id: str
     coalesced: bool  # True: an equivalent job was already pending and absorbs this request
+
+
+def connect_redis(url: str) -> redis.Redis:
+    # Short timeouts: with Redis down, /health and /predict must still answer within Label Studio's 1 s.
+    return redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=1.0, health_check_interval=30)
 
 
 class JobQueue:
@@ -53,8 +58,15 @@ class JobQueue:
     def _pending_key(self, kind: str, project: int) -> str:
         return f"{self.prefix}:pending:{kind}:{project}"
 
-    def enqueue(self, kind: str, project: int, **kwargs) -> Enqueued:
-        """Queue `kind` for `project` unless one is already pending. Raises redis.RedisError if Redis is down."""
+    def _flags_key(self, kind: str, project: int) -> str:
+        return f"{self.prefix}:flags:{kind}:{project}"
+
+    def enqueue(self, job, project: int, **flags: str) -> Enqueued:
+        """Queue `job(project)` unless a job of its kind is already pending for `project`; either way the
+        job that runs next gets `flags` (see `claim`). Raises redis.RedisError if Redis is down."""
+        kind = job.kind
+        if flags:
+            self.redis.hset(self._flags_key(kind, project), mapping=flags)
         key = self._pending_key(kind, project)
         job_id = f"{kind}-{project}-{uuid.uuid4().hex[:12]}"
         # The marker and its job are written in one transaction (WATCH/MULTI on the marker), so no request
@@ -72,9 +84,9 @@ class JobQueue:
                     pipe.multi()
                     pipe.set(key, job_id, ex=self.job_timeout * 2)
                     self.queues[kind].enqueue_call(
-                        JOB_FUNCTIONS[kind], args=(project,), kwargs=kwargs, job_id=job_id,
+                        job, args=(project,), job_id=job_id,
                         timeout=self.job_timeout, retry=retry, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                        meta={"project": project, "kind": kind, **kwargs},
+                        meta={"project": project, "kind": kind, **flags},
                         description=f"{kind} project {project}", pipeline=pipe)
                     pipe.execute()
                     break
@@ -84,19 +96,31 @@ class JobQueue:
         log.info("queued %s for project %s (%s)", kind, project, job_id)
         return Enqueued(job_id, coalesced=False)
 
-    def claim(self, kind: str, project: int, job_id: str) -> None:
-        """Called by a job as it starts: events from now on need a new job, which may queue behind this one."""
-        key = self._pending_key(kind, project)
-        pipe = self.redis.pipeline()
-        pipe.watch(key)
-        if pipe.get(key) == job_id.encode():
+    def claim(self, kind: str, project: int, job_id: str | None) -> dict[str, str]:
+        """Called by a job as it starts: events from now on need a new job, which may queue behind this one.
+        Returns (and clears) the flags the requests for this job set."""
+        key, flags_key = self._pending_key(kind, project), self._flags_key(kind, project)
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)
+            mine = job_id is not None and pipe.get(key) == job_id.encode()
             pipe.multi()
-            pipe.delete(key)
+            if mine:
+                pipe.delete(key)
+            pipe.hgetall(flags_key)
+            pipe.delete(flags_key)
             try:
-                pipe.execute()
-            except redis.WatchError:
-                pass  # a new job took the marker in between: leave it
-        pipe.reset()
+                flags = pipe.execute()[-2]
+            except redis.WatchError:  # a new job took the marker in between: leave it, take the flags
+                pipe.reset()
+                pipe.hgetall(flags_key)
+                pipe.delete(flags_key)
+                flags = pipe.execute()[0]
+        return {k.decode(): v.decode() for k, v in flags.items()}
+
+    def restore(self, kind: str, project: int, flags: dict[str, str]) -> None:
+        """Give back the flags of a job that failed, for its retry (or the next job) to see."""
+        if flags:
+            self.redis.hset(self._flags_key(kind, project), mapping=flags)
 
     def _is_waiting(self, job_id: str) -> bool:
         job = Job.fetch_many([job_id], connection=self.redis)[0]

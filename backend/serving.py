@@ -1,7 +1,8 @@
-"""Which reward model answers /predict for a project, loaded once per process and swapped without a restart.
+"""Which reward model scores a project's tasks, loaded once per process and swapped without a restart.
 
 Each call looks at the project's `current` pointer (one small file read). When it names a new version,
-the first thread to notice loads it under a lock while the others keep scoring with the old one.
+the first thread to notice loads it under a lock while the others keep scoring with the old one. Workers
+pass a feature-cache folder: their fast-mode versions then score from cached encoder features.
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from backend.config import Settings
-from model.conversation import prompt_text
-from model.pairs import TaskFields
 from model.store import VersionStore
 
 log = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
 ZERO_SHOT = "zero-shot"
-SCORE_BATCH = 64  # pairs per forward pass
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,10 @@ class Scorer:
 
 
 class ModelCache:
-    def __init__(self, settings: Settings, store: VersionStore):
+    def __init__(self, settings: Settings, store: VersionStore, feature_cache_dir: Path | None = None):
         self.settings = settings
         self.store = store
+        self.feature_cache_dir = feature_cache_dir
         self._loaded: dict[int, Scorer] = {}
         self._accuracy: dict[tuple[int, str], float | None] = {}
         self._zero_shot: Scorer | None = None
@@ -71,10 +71,10 @@ class ModelCache:
             cached = self._loaded.get(project)
             if cached and cached.version == version:
                 return cached
-            from model.reward.model import RewardModel
+            from model.reward.cached import load_scorer
 
             try:
-                scorer = Scorer(version, RewardModel.load(self.store.path(project, version)))
+                scorer = Scorer(version, load_scorer(self.store.path(project, version), self.feature_cache_dir))
             except Exception:  # a bad version must not take /predict down: keep serving the old one
                 log.exception("could not load project %s version %s; still serving %s",
                               project, version, cached.version if cached else "nothing")
@@ -92,34 +92,3 @@ class ModelCache:
                     self.settings.reward_base_model, self.settings.reward_max_length))
             return self._zero_shot
 
-
-def has_answers(data: dict, fields: TaskFields) -> bool:
-    return all(isinstance(data.get(k), str) and data[k].strip() for k in (fields.left, fields.right))
-
-
-def pairwise_result(fields: TaskFields, p_left: float, version: str) -> dict:
-    """One prediction in the form Label Studio's editor writes. `score` is the confidence of the pick, so
-    sorting tasks by prediction score in Label Studio puts the most uncertain first."""
-    return {
-        "result": [{"from_name": fields.pairwise, "to_name": fields.pairwise, "type": "pairwise",
-                    "value": {"selected": "left" if p_left >= 0.5 else "right"}}],
-        "score": round(max(p_left, 1.0 - p_left), 6),
-        "model_version": version,
-    }
-
-
-def predict(scorer: Scorer | None, tasks: list[dict], fields: TaskFields) -> list:
-    """One item per task, in order. A task that gets no prediction gets `[]` (an empty list of predictions):
-    Label Studio then stores nothing for it, so it asks again once answers or a usable model exist."""
-    items: list = [[] for _ in tasks]
-    if scorer is None:
-        return items
-    ready = [i for i, t in enumerate(tasks) if has_answers(t.get("data") or {}, fields)]
-    for start in range(0, len(ready), SCORE_BATCH):
-        chunk = ready[start:start + SCORE_BATCH]
-        data = [tasks[i]["data"] for i in chunk]
-        p_left = scorer.model.preference([prompt_text(d.get(fields.prompt)) for d in data],
-                                         [d[fields.left] for d in data], [d[fields.right] for d in data])
-        for i, p in zip(chunk, p_left):
-            items[i] = pairwise_result(fields, float(p), scorer.version)
-    return items

@@ -9,8 +9,9 @@ import time
 import redis
 from rq import SimpleWorker, Worker
 
-from backend import jobs
 from backend.config import Settings
+from backend.jobs.framework import init
+from backend.jobs.maintenance import sweep as sweep_projects
 from backend.queue import KINDS
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,14 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, burst: bool =
     lost meanwhile)."""
     # No socket timeout here: the worker blocks on Redis for new jobs.
     connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
-    context = jobs.init(settings, connection)
+    context = init(settings, connection)
     worker_class = _resilient(Worker if fork else SimpleWorker)
     queues = context.queue.queue_names(kinds)
     while True:
         worker = worker_class(queues, connection=connection)
         try:
             if sweep:
-                jobs.sweep(context)
+                sweep_projects(context)
             log.info("worker %s listening on %s", worker.name, ", ".join(queues))
             worked = worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
             if burst or worker.stop_requested:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from backend.app import create_app
-from backend.serving import Scorer, predict
+from backend.predictions import score_tasks
 from model.pairs import DEFAULT_FIELDS
 
 
@@ -63,9 +63,10 @@ def test_predict_builds_pairwise_results_in_task_order():
     tasks = [{"id": 1, "data": {"prompt": "p", "answer1": "long answer", "answer2": "short"}},
              {"id": 2, "data": {"prompt": "p", "answer1": "", "answer2": ""}},  # not generated yet
              {"id": 3, "data": {"prompt": "p", "answer1": "a", "answer2": "much longer"}}]
-    items = predict(Scorer("v3", FavoursLonger()), tasks, DEFAULT_FIELDS)
-    assert items[1] == []
-    assert items[0] == {"result": [{"from_name": "comparison", "to_name": "comparison", "type": "pairwise",
+    items = score_tasks(FavoursLonger(), "v3", tasks, DEFAULT_FIELDS)
+    assert items[1] is None
+    # to_name is the first answer's Text: Label Studio's bulk import drops a result aimed at the control.
+    assert items[0] == {"result": [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise",
                                     "value": {"selected": "left"}}], "score": 0.9, "model_version": "v3"}
     assert items[2]["result"][0]["value"]["selected"] == "right" and items[2]["score"] == 0.8
 
@@ -82,7 +83,7 @@ def test_predict_gives_the_reward_model_each_prompts_text_conversations_included
             {"role": "user", "content": "Bread?"}]
     tasks = [{"id": i, "data": {"prompt": prompt, "answer1": "a", "answer2": "b"}}
              for i, prompt in enumerate([chat, "plain", [{"role": "user", "content": "Just this"}]])]
-    predict(Scorer("v1", Recorder()), tasks, DEFAULT_FIELDS)
+    score_tasks(Recorder(), "v1", tasks, DEFAULT_FIELDS)
     assert seen == ["\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bread?\n\nAssistant:", "plain", "Just this"]
 
 
@@ -97,6 +98,37 @@ def test_every_event_is_queued(client, captured, name, redis_conn):
     kind = "generate" if name in ("webhook_TASKS_CREATED", "webhook_PROJECT_UPDATED") else "train"
     assert redis_conn.llen(f"rq:queue:rlhf-test-{kind}") == 1
     assert body["job"].startswith(f"{kind}-4-")
+
+
+def test_annotation_events_reach_the_train_job_through_the_inbox(client, captured, redis_conn):
+    """The train job reads annotations from their webhooks instead of asking Label Studio again."""
+    for name in ("webhook_ANNOTATION_CREATED", "webhook_ANNOTATION_UPDATED", "webhook_ANNOTATIONS_DELETED"):
+        client.post("/webhook", json=captured[name]["json"])
+    events = [json.loads(e) for e in redis_conn.lrange("rlhf-test:inbox:4", 0, -1)]
+    created = captured["webhook_ANNOTATION_CREATED"]["json"]
+    assert [e["action"] for e in events] == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
+    assert events[0]["annotation"] == created["annotation"]
+    assert events[0]["task"] == {k: created["task"][k] for k in ("id", "data", "updated_at")}
+    assert events[2]["ids"] == [a["id"] for a in captured["webhook_ANNOTATIONS_DELETED"]["json"]["annotations"]]
+
+
+def test_start_training_reaches_a_pending_train_job_as_a_flag(client, captured, redis_conn):
+    """A forced retrain coalesced into a pending ordinary one still forces it."""
+    first = client.post("/webhook", json=captured["webhook_ANNOTATION_CREATED"]["json"]).get_json()
+    second = client.post("/webhook", json=captured["webhook_START_TRAINING"]["json"]).get_json()
+    assert second["status"] == "coalesced" and second["job"] == first["job"]
+    assert redis_conn.hgetall("rlhf-test:flags:train:4") == {b"force": b"1"}
+
+
+def test_project_updated_rescans_only_when_the_label_config_changed(client, captured, redis_conn):
+    event = captured["webhook_PROJECT_UPDATED"]["json"]
+    assert client.post("/webhook", json=event).get_json()["status"] == "queued"
+    redis_conn.delete("rlhf-test:pending:generate:4", "rq:queue:rlhf-test-generate")
+    # The backend's own model-version update sends this event too, with the same config: nothing to do.
+    assert client.post("/webhook", json=event).get_json()["status"] == "ignored"
+    changed = dict(event, project=dict(event["project"], label_config=event["project"]["label_config"] + " "))
+    assert client.post("/webhook", json=changed).get_json()["status"] == "queued"
+    assert redis_conn.hgetall("rlhf-test:flags:generate:4") == {b"rescan": b"1"}
 
 
 def test_a_burst_of_events_coalesces_into_one_pending_job(client, captured, redis_conn):
@@ -171,7 +203,7 @@ def test_versions_metrics_and_jobs(client, captured, tmp_path):
 
 def test_redis_down_webhook_503_but_predict_and_setup_answer(make_settings, captured):
 
-    from backend.app import connect_redis
+    from backend.queue import connect_redis
 
     dead = connect_redis("redis://127.0.0.1:1/0")  # nothing listens on port 1
     client = create_app(make_settings(), dead).test_client()

@@ -82,8 +82,9 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
     alone (it re-reads each task right before its write) and still fill the others."""
     from label_studio_sdk import LabelStudio
 
-    from backend import jobs
     from backend.config import generation_config, load_settings
+    from backend.jobs.framework import init
+    from backend.jobs.generate import generate
     from model.generation import load_generator
 
     ls = LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
@@ -94,7 +95,7 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
     settings = load_settings(dict(
         LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL, QUEUE_PREFIX="rlhf-test",
         MODEL_DIR=str(tmp_path / "models"), GENERATOR_MODEL=str(tiny_causal_lm(tmp_path / "lm")), MAX_NEW_TOKENS="8"))
-    context = jobs.init(settings, redis_conn)
+    context = init(settings, redis_conn)
     real = load_generator(generation_config(settings))
     human = {"prompt": "Second prompt", "answer1": "Written by a person.", "answer2": ""}
 
@@ -109,7 +110,7 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
             return real.describe()
 
     context.__dict__["generator"] = EditsWhileGenerating()
-    outcome = jobs.generate_answers(project.id)
+    outcome = generate(project.id)
 
     assert outcome["filled"] == 2 and outcome["skipped_human_edit"] == 1
     assert ls.tasks.get(id=str(ids[1])).data == human

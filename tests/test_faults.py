@@ -19,7 +19,10 @@ import requests
 from rq import Worker
 from rq.job import Job
 
-from backend.queue import GENERATE, MAINTENANCE, RETRY_BACKOFF, JobQueue
+from backend.jobs.generate import generate
+from backend.jobs.maintenance import ensure_webhook_auth
+from backend.jobs.train import train
+from backend.queue import RETRY_BACKOFF, JobQueue
 from conftest import FIXTURES, REDIS_URL
 from harness import Process, backend_env, free_port, poll, start_backend, warm_up_predict
 
@@ -45,8 +48,8 @@ def synthetic_pairs(n: int, seed: int = 0):
 def train_versions(model_dir: Path, project: int, base_model: Path, pairs=None, seed: int = 0) -> str:
     """A real version: real training (model.reward.train, fast mode) into VersionStore, activated."""
     from model.reward.config import TrainConfig
-    from model.store import VersionStore
     from model.reward.train import train_reward_model
+    from model.store import VersionStore
 
     store = VersionStore(model_dir)
     with store.new_version(project) as pending:
@@ -87,7 +90,7 @@ def test_label_studio_down_retries_with_backoff_then_fails_and_the_worker_lives_
     env = backend_env(REDIS_URL=REDIS_URL, QUEUE_PREFIX="rlhf-test", MODEL_DIR=tmp_path / "models",
                       LABEL_STUDIO_URL=dead, LABEL_STUDIO_API_KEY=LS_KEY, JOB_RETRIES=1)
     queue = JobQueue(redis_conn, "rlhf-test", job_timeout=3600, retries=1)
-    job_id = queue.enqueue(GENERATE, 4).job_id
+    job_id = queue.enqueue(generate, 4).job_id
     worker = Process([sys.executable, "-m", "backend.cli", "worker", "--no-sweep"], env, tmp_path / "worker.log")
     try:
         job = Job.fetch(job_id, connection=redis_conn)
@@ -114,7 +117,7 @@ def test_label_studio_down_retries_with_backoff_then_fails_and_the_worker_lives_
 
         # No crash loop: the same process, registered once, takes the next job.
         pid = worker.popen.pid
-        other = queue.enqueue(MAINTENANCE, 5).job_id  # needs no Label Studio (basic auth is off)
+        other = queue.enqueue(ensure_webhook_auth, 5).job_id  # needs no Label Studio (basic auth is off)
         poll(lambda: Job.fetch(other, connection=redis_conn).get_status() == "finished", 30,
              message="the next job done by the same worker")
         assert worker.popen.poll() is None and worker.popen.pid == pid
@@ -232,8 +235,6 @@ def test_versions_swap_under_concurrent_predict(tmp_path, redis_conn, versions_f
 def test_concurrent_events_coalesce_into_one_pending_job(redis_conn):
     """8 server threads enqueue at the same moment (what a burst of webhooks does): still one pending job.
     (test_app's burst test sends its events one after the other.) Ten bursts, each from a clean queue."""
-    from backend.queue import TRAIN
-
     queue = JobQueue(redis_conn, "rlhf-test", job_timeout=3600, retries=0)
     bursts = []
     for burst in range(10):
@@ -244,7 +245,7 @@ def test_concurrent_events_coalesce_into_one_pending_job(redis_conn):
         def events():
             barrier.wait(10)
             for _ in range(5):
-                results.append(queue.enqueue(TRAIN, 4, reason="ANNOTATION_CREATED"))
+                results.append(queue.enqueue(train, 4))
 
         threads = [threading.Thread(target=events) for _ in range(8)]
         for t in threads:

@@ -19,7 +19,8 @@ import requests
 from label_studio_sdk import LabelStudio
 from rq.job import Job
 
-from backend.queue import TRAIN, JobQueue
+from backend.jobs.train import train
+from backend.queue import JobQueue
 from conftest import FIXTURES, REDIS_URL, ROOT
 from harness import LS_TOKEN, Process, backend_env, free_port, poll, start_backend, start_redis, warm_up_predict
 from test_faults import synthetic_pairs, train_versions
@@ -213,7 +214,7 @@ class PredictPoller(threading.Thread):
 
 
 def wait_for_next_train_job(redis_conn, job_id: str, project: int, timeout: float = 120) -> Job:
-    lock_key = f"{PREFIX}:train-lock:{project}"
+    lock_key = f"{PREFIX}:lock:train:{project}"
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = Job.fetch(job_id, connection=redis_conn)
@@ -249,7 +250,7 @@ def test_worker_killed_mid_job_leaves_the_served_version_intact(moment, ls, labe
         watcher.start()
         poller.start()
         queue = JobQueue(redis_conn, PREFIX, job_timeout=3600, retries=0)
-        job_id = queue.enqueue(TRAIN, project, reason="START_TRAINING").job_id
+        job_id = queue.enqueue(train, project, force="1").job_id
         worker = Process([sys.executable, "-m", "backend.cli", "worker", "--no-sweep"], env, tmp_path / "worker-1.log")
         project_dir = model_dir / str(project)
 

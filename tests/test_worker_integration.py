@@ -14,7 +14,8 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from backend.app import create_app
-from backend.queue import GENERATE, JobQueue
+from backend.jobs.generate import generate
+from backend.queue import JobQueue
 from conftest import REDIS_URL, ROOT
 from harness import Process, StubServer, backend_env, free_port, poll, start_redis
 
@@ -52,7 +53,7 @@ def setup_project(make_settings, redis_conn, captured, hostname: str, **settings
     return client
 
 
-def only_job(redis_conn, kind=GENERATE) -> Job:
+def only_job(redis_conn, kind="generate") -> Job:
     ids = [k.decode().split(":", 2)[2] for k in redis_conn.keys("rq:job:*")]
     jobs = [j for j in Job.fetch_many(ids, connection=redis_conn) if j and j.id.startswith(kind)]
     assert len(jobs) == 1, [j.id for j in jobs]
@@ -114,7 +115,7 @@ def test_failed_jobs_are_listed_with_their_error(tmp_path, redis_conn, make_sett
 
 def test_retries_back_off(redis_conn):
     queue = JobQueue(redis_conn, "rlhf-test", job_timeout=60, retries=3)
-    job = Job.fetch(queue.enqueue(GENERATE, 9).job_id, connection=redis_conn)
+    job = Job.fetch(queue.enqueue(generate, 9).job_id, connection=redis_conn)
     assert job.retries_left == 3 and job.retry_intervals == [10, 30, 90]
 
 

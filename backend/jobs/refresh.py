@@ -1,0 +1,120 @@
+"""Every unlabelled task's prediction from the current version, written in bulk, the previous ones removed.
+
+Annotators sort by prediction score to label the most uncertain tasks first, so a new version's scores
+must reach every unlabelled task, and soon. The job reads the unlabelled tasks (a page per 1,000),
+scores them (a fast-mode version scores from cached encoder features: arithmetic, not forward passes),
+writes the most uncertain first through Label Studio's bulk import, points the project's model version at
+it (the labelling page and the Data Manager's score column show only that version's predictions), then
+deletes the predictions of every older version it or /predict wrote. Label Studio then holds one
+prediction per task for this backend.
+
+It is resumable: the ids written for a version are kept in Redis, so a retry or the next run after a
+killed worker continues where it stopped, and it stops as soon as a newer version is current (that
+version's refresh takes over).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from backend.jobs.framework import job, progress
+from backend.labelstudio import SEVERAL_PREDICTIONS, UNLABELLED, task_query
+from backend.predictions import has_answers, score_tasks, uncertainty
+from backend.queue import REFRESH
+
+log = logging.getLogger(__name__)
+
+IMPORT_CHUNK = 1000  # predictions per bulk import (each import makes Label Studio recount the project)
+
+
+class WrittenPredictions:
+    """Which of this backend's model versions have predictions in Label Studio, and for a version being
+    refreshed, which tasks already have one. Keys: `<prefix>:predictions:<p>:versions` (set),
+    `<prefix>:predictions:<p>:<version>` (set of task ids), `<prefix>:predictions:<p>:complete` (version)."""
+
+    def __init__(self, connection: redis.Redis, prefix: str, project: int):
+        self.redis = connection
+        self.base = f"{prefix}:predictions:{project}"
+
+    def add(self, version: str, task_ids) -> None:
+        pipe = self.redis.pipeline()
+        pipe.sadd(f"{self.base}:versions", version)
+        if task_ids:
+            pipe.sadd(f"{self.base}:{version}", *task_ids)
+        pipe.execute()
+
+    def done(self, version: str) -> set[int]:
+        return {int(i) for i in self.redis.smembers(f"{self.base}:{version}")}
+
+    def versions(self) -> set[str]:
+        return {v.decode() for v in self.redis.smembers(f"{self.base}:versions")}
+
+    def forget(self, version: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.srem(f"{self.base}:versions", version)
+        pipe.delete(f"{self.base}:{version}")
+        pipe.execute()
+
+    def complete(self) -> str | None:
+        value = self.redis.get(f"{self.base}:complete")
+        return value.decode() if value else None
+
+    def mark_complete(self, version: str | None) -> None:
+        if version is None:
+            self.redis.delete(f"{self.base}:complete")
+        else:
+            self.redis.set(f"{self.base}:complete", version)
+
+
+def written(ctx, project: int) -> WrittenPredictions:
+    return WrittenPredictions(ctx.redis, ctx.settings.queue_prefix, project)
+
+
+@job(REFRESH)
+def refresh(ctx, project: int) -> dict:
+    scorer = ctx.models.scorer(project)
+    if scorer is None:
+        return {"status": "skipped", "project": project, "reason": "no version may be shown (PREANNOTATE)"}
+    version, record = scorer.version, written(ctx, project)
+    if record.complete() == version:
+        return {"status": "skipped", "project": project, "reason": f"{version} is refreshed already"}
+    ls = ctx.label_studio(project)
+    fields = ctx.fields(project, ls)
+    progress(0.0, "reading unlabelled tasks")
+    done = record.done(version)
+    tasks = [t for t in ls.tasks(project, task_query(UNLABELLED))
+             if t["id"] not in done and has_answers(t["data"], fields)]
+    progress(0.1, f"scoring {len(tasks)} tasks")
+    items = score_tasks(scorer.model, version, tasks, fields)
+    order = sorted(range(len(tasks)), key=lambda i: -uncertainty(items[i]))  # the most uncertain first
+    for start in range(0, len(order), IMPORT_CHUNK):
+        if ctx.models.version(project) != version:
+            return {"status": "superseded", "project": project, "version": version, "written": start}
+        chunk = order[start:start + IMPORT_CHUNK]
+        ls.import_predictions(project, [{"task": tasks[i]["id"], **items[i]} for i in chunk])
+        record.add(version, [tasks[i]["id"] for i in chunk])
+        progress(0.2 + 0.7 * (start + len(chunk)) / len(order), f"{start + len(chunk)}/{len(order)} written")
+    ls.set_model_version(project, version)
+    deleted = 0
+    for old in record.versions() - {version}:
+        deleted += ls.delete_model_version(project, old)
+        record.forget(old)
+    duplicates = _remove_duplicates(ls, project, version)
+    record.mark_complete(version)
+    return {"status": "done", "project": project, "version": version, "written": len(tasks),
+            "deleted_old": deleted, "duplicates_removed": duplicates, "label_studio_calls": ls.calls}
+
+
+def _remove_duplicates(ls, project: int, version: str) -> int:
+    """A task that got a prediction of `version` twice (Label Studio asked /predict for it while this job
+    wrote it, or an import was retried after its answer was lost) keeps its newest one."""
+    removed = 0
+    for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS)):
+        ours = sorted((p for p in ls.predictions(task["id"]) if p.get("model_version") == version),
+                      key=lambda p: p["id"])
+        for prediction in ours[:-1]:
+            ls.delete_prediction(prediction["id"])
+            removed += 1
+    return removed
