@@ -1,5 +1,5 @@
-"""`rlhf-backend generate` (prompts -> dataset.json with two answers each) and `rlhf-backend import`
-(a dataset or prompt file -> Label Studio tasks)."""
+"""`rlhf-backend generate` (prompts -> dataset.json with two answers each, or k for a Ranker project) and
+`rlhf-backend import` (a dataset or prompt file -> Label Studio tasks)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import random
 import sys
 from pathlib import Path
 
+from backend.answers import place_answers
 from backend.config import ConfigError, Settings, generation_config
 from model.conversation import prompt_messages
 from model.generation.types import prompt_problem
-from model.pairs import DEFAULT_FIELDS, GENERATION_KEY, TaskFields
+from model.pairs import DEFAULT_FIELDS, DEFAULT_RANKER_FIELDS, GENERATION_KEY, RankerFields, TaskFields
 
 IMPORT_BATCH = 500
 
@@ -50,19 +51,14 @@ def prompt_of(record):
     return record
 
 
-def dataset_items(results, describe: dict, rng: random.Random, extras: list[dict]) -> list[dict]:
-    """dataset.json items with the two answers in random order; the order and how the answers were made
-    are kept under GENERATION_KEY, so preferences can later be mapped back to the models."""
-    items = []
-    for result, extra in zip(results, extras):
-        if result.answers is None:
-            continue
-        left = rng.choice("ab")
-        a, b = result.answers
-        first, second = (a, b) if left == "a" else (b, a)
-        items.append({**extra, "prompt": result.prompt, "answer1": first, "answer2": second,
-                      GENERATION_KEY: {"left": left, "generator": describe, "truncated": result.truncated}})
-    return items
+def dataset_items(results, describe: dict, rng: random.Random, extras: list[dict],
+                  fields: TaskFields | RankerFields = DEFAULT_FIELDS) -> list[dict]:
+    """dataset.json items with the answers in random order (two as answer1/answer2, or a Ranker's list);
+    the order and how the answers were made are kept under GENERATION_KEY, so preferences can later be
+    mapped back to the models."""
+    return [{**extra, fields.prompt: result.prompt,
+             **place_answers(result.answers, fields, rng, describe, result.truncated)}
+            for result, extra in zip(results, extras) if result.answers is not None]
 
 
 def generate_command(args, settings: Settings) -> int:
@@ -77,7 +73,8 @@ def generate_command(args, settings: Settings) -> int:
     extras = [{k: v for k, v in r.items() if k not in ("prompt", "answer1", "answer2", GENERATION_KEY)}
               if isinstance(r, dict) and "data" not in r else {} for r in records]
     overrides = {k: v for k, v in {"model": args.model, "max_new_tokens": args.max_new_tokens,
-                                   "seed": args.seed, "batch_size": args.batch_size}.items() if v is not None}
+                                   "seed": args.seed, "batch_size": args.batch_size,
+                                   "candidates": args.candidates}.items() if v is not None}
     config = dataclasses.replace(generation_config(settings), **overrides)
     try:
         generator = load_generator(config)
@@ -86,7 +83,8 @@ def generate_command(args, settings: Settings) -> int:
     except GenerationError as exc:
         print(f"rlhf-backend generate: {exc}", file=sys.stderr)
         return 1
-    items = dataset_items(results, generator.describe(), random.Random(config.seed), extras)
+    fields = DEFAULT_RANKER_FIELDS if config.candidates > 2 else DEFAULT_FIELDS
+    items = dataset_items(results, generator.describe(), random.Random(config.seed), extras, fields)
     Path(args.output).write_text(json.dumps(items, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     failed = [(i, r.error) for i, r in enumerate(results) if r.answers is None]
     for index, error in failed:
@@ -97,7 +95,7 @@ def generate_command(args, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict]:
+def build_tasks(records: list, fields: TaskFields | RankerFields = DEFAULT_FIELDS) -> list[dict]:
     """Label Studio task data for a project whose config uses `fields`.
 
     Records are prompt strings, dataset.json items or LS tasks ({"data": {...}}). The default key names
@@ -112,8 +110,10 @@ def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict
             data = dict(record["data"]) if isinstance(record.get("data"), dict) else dict(record)
         else:
             raise ConfigError(f"item {number} is a {type(record).__name__}, not a prompt string or an object")
-        for default, key in ((DEFAULT_FIELDS.prompt, fields.prompt), (DEFAULT_FIELDS.left, fields.left),
-                             (DEFAULT_FIELDS.right, fields.right)):
+        ranker = isinstance(fields, RankerFields)
+        renames = ((DEFAULT_RANKER_FIELDS.answers, fields.answers),) if ranker else \
+            ((DEFAULT_FIELDS.left, fields.left), (DEFAULT_FIELDS.right, fields.right))
+        for default, key in ((DEFAULT_FIELDS.prompt, fields.prompt), *renames):
             if key not in data and default in data:
                 data[key] = data.pop(default)
         problem = prompt_problem(data.get(fields.prompt))
@@ -121,9 +121,9 @@ def build_tasks(records: list, fields: TaskFields = DEFAULT_FIELDS) -> list[dict
             raise ConfigError(f'item {number}: "{fields.prompt}": {problem}')
         if fields.dialogue_prompt and isinstance(data[fields.prompt], str):  # a Paragraphs tag shows messages
             data[fields.prompt] = prompt_messages(data[fields.prompt])
-        for key in (fields.left, fields.right):
+        for key in (fields.answers,) if ranker else (fields.left, fields.right):
             if data.get(key) is None:
-                data[key] = ""
+                data[key] = [] if ranker else ""
         tasks.append({"data": data})
     return tasks
 
@@ -182,6 +182,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, help="overrides MAX_NEW_TOKENS: the longest answer in tokens")
     p.add_argument("--seed", type=int, help="overrides GENERATION_SEED; also fixes the answer order")
     p.add_argument("--batch-size", type=int, help="overrides GENERATION_BATCH_SIZE: prompts per forward pass")
+    p.add_argument("--candidates", type=int, metavar="K",
+                   help='answers per prompt (default 2: "answer1"/"answer2"; more: a Ranker task\'s "answers" list, '
+                        "for label_config_ranker.xml)")
     p.set_defaults(handler=generate_command)
 
     p = subparsers.add_parser(

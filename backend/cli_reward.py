@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from backend.config import ConfigError, Settings, train_config
-from model.pairs import DEFAULT_FIELDS, TaskFields, pairs_from_tasks, read_pairs, write_trl_jsonl
+from model.pairs import DEFAULT_FIELDS, RankerFields, TaskFields, read_pairs, write_trl_jsonl
 
 CLI_PROJECT = "cli"  # project folder for versions trained from the shell
 
@@ -45,22 +45,43 @@ def _bar(desc: str):
 
 
 def export_command(args, settings: Settings) -> int:
+    from model.rankings import rankings_from_tasks, task_pairs, write_rankings_jsonl
+
     if args.source:
-        pairs = _read(args.source, _fields(args))
+        fields = _fields(args)
+        tasks = _read_tasks(args.source) if isinstance(fields, RankerFields) else None
     else:
+        from backend.labels import parse_label_config
+        from backend.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable, resolve_connection
+
         if not settings.label_studio_url or not settings.label_studio_api_key:
             raise ConfigError("export --project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        from label_studio_sdk import LabelStudio
-
-        from backend.labels import parse_label_config
-
-        ls = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
-        fields = parse_label_config(ls.projects.get(id=args.project).label_config)
-        tasks = json.loads(b"".join(ls.projects.exports.download_sync(id=args.project, export_type="JSON")))
-        pairs = pairs_from_tasks(tasks, fields)
+        try:
+            ls = LabelStudioClient(resolve_connection(settings, {}))
+            fields = parse_label_config(ls.label_config(args.project))
+            tasks = ls.export(args.project)
+        except (LabelStudioError, LabelStudioUnavailable) as exc:
+            raise ConfigError(str(exc)) from None
+    if args.rankings and not isinstance(fields, RankerFields):
+        raise ConfigError("--rankings needs a Ranker project (label_config_ranker.xml); this one is Pairwise")
+    pairs = task_pairs(tasks, fields) if tasks is not None else _read(args.source, fields)
     count = write_trl_jsonl(pairs, args.output, conversational=args.conversational)
     print(f"wrote {count} preference pairs to {args.output}", file=sys.stderr)
+    if args.rankings:
+        written = write_rankings_jsonl(rankings_from_tasks(tasks, fields), args.rankings)
+        print(f"wrote {written} rankings to {args.rankings}", file=sys.stderr)
     return 0
+
+
+def _read_tasks(path: str) -> list[dict]:
+    """A Ranker project's Label Studio JSON export (the form that carries whole rankings)."""
+    try:
+        tasks = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise ConfigError(f"{path} is not a Label Studio JSON export (a list of tasks)")
+    return tasks
 
 
 def positive_int(text: str) -> int:
@@ -157,7 +178,10 @@ def register(subparsers) -> None:
                         "turn) and each answer as an assistant message, for trainers that apply the policy's "
                         "chat template (DPO on a chat model)")
     p.add_argument("--label-config", metavar="XML", help="with --from: the project's label config, for renamed "
-                   "fields (default: prompt/answer1/answer2 and a Pairwise control named comparison)")
+                   "fields or a Ranker project (default: prompt/answer1/answer2 and a Pairwise control named "
+                   "comparison)")
+    p.add_argument("--rankings", metavar="JSONL", help="Ranker projects: also write the rankings themselves, one "
+                   'line per annotation ({"prompt", "answers" best first, "groups", "sources", ...})')
     p.set_defaults(handler=export_command)
 
     p = subparsers.add_parser(

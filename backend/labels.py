@@ -74,7 +74,7 @@ def parse_label_config(config: str) -> TaskFields | RankerFields:
     prompt = _prompt_object(interface, targets, "the two answers")
     return TaskFields(pairwise=control.name, prompt=text_data_key(prompt),
                       left=answer_keys[0], right=answer_keys[1], judgement=_judgement_control(interface),
-                      dialogue_prompt=prompt.tag.lower() == "paragraphs")
+                      dialogue_prompt=prompt.tag.lower() == "paragraphs", left_object=targets[0])
 
 
 def _prompt_object(interface, answers: list[str], what: str):

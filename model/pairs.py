@@ -27,6 +27,7 @@ class TaskFields:
     right: str     # data key of the second (right) answer Text, e.g. "answer2"
     judgement: str | None = None  # optional Choices control offering "tie" / "both bad" (label_config_ties.xml)
     dialogue_prompt: bool = False  # the prompt shows as a dialogue (<Paragraphs>): task data holds chat messages
+    left_object: str = "answer1"  # the first answer's Text name: a prediction's to_name
 
 
 DEFAULT_FIELDS = TaskFields(pairwise="comparison", prompt="prompt", left="answer1", right="answer2")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from model.conversation import plain_text
-from model.pairs import (DEFAULT_RANKER_FIELDS, PreferencePair, RankerFields, annotator_of, csv_value,
-                         generation_record, task_prompt)
+from model.pairs import (DEFAULT_RANKER_FIELDS, PreferencePair, RankerFields, TaskFields, annotator_of, csv_value,
+                         generation_record, pairs_from_tasks, task_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,13 @@ def pairs_from_ranking(ranking: Ranking) -> list[PreferencePair]:
 
 def pairs_from_rankings(rankings: Iterable[Ranking]) -> list[PreferencePair]:
     return [pair for ranking in rankings for pair in pairs_from_ranking(ranking)]
+
+
+def task_pairs(tasks: list[dict], fields: TaskFields | RankerFields) -> list[PreferencePair]:
+    """The preference pairs of a project's annotated tasks, Pairwise or Ranker alike."""
+    if isinstance(fields, RankerFields):
+        return pairs_from_rankings(rankings_from_tasks(tasks, fields))
+    return pairs_from_tasks(tasks, fields)
 
 
 def write_rankings_jsonl(rankings: Iterable[Ranking], path) -> int:

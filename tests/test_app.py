@@ -2,11 +2,14 @@
 
 import base64
 import json
+import math
 
 import pytest
 
 from backend.app import create_app
+from backend.labels import parse_label_config
 from backend.predictions import score_tasks
+from conftest import ROOT
 from model.pairs import DEFAULT_FIELDS
 
 
@@ -53,10 +56,14 @@ def test_predict_returns_one_empty_item_per_task_before_training(client, capture
 
 
 class FavoursLonger:
-    """A stand-in reward model: prefers the longer answer."""
+    """A stand-in reward model: the reward is the answer's length in tens of characters."""
 
-    def preference(self, prompts, lefts, rights):
-        return [0.9 if len(a) > len(b) else 0.2 for a, b in zip(lefts, rights)]
+    def rewards(self, prompts, answers):
+        return [len(a) / 10 for a in answers]
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
 
 
 def test_predict_builds_pairwise_results_in_task_order():
@@ -67,24 +74,42 @@ def test_predict_builds_pairwise_results_in_task_order():
     assert items[1] is None
     # to_name is the first answer's Text: Label Studio's bulk import drops a result aimed at the control.
     assert items[0] == {"result": [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise",
-                                    "value": {"selected": "left"}}], "score": 0.9, "model_version": "v3"}
-    assert items[2]["result"][0]["value"]["selected"] == "right" and items[2]["score"] == 0.8
+                                    "value": {"selected": "left"}}], "score": round(sigmoid(0.6), 6),
+                        "model_version": "v3"}
+    assert items[2]["result"][0]["value"]["selected"] == "right"
+    assert items[2]["score"] == round(sigmoid(1.0), 6)
+
+
+def test_predict_builds_a_ranker_order_with_its_confidence():
+    """The order of the rewards, and the mean over the C(k,2) pairs of P(pair in that order)."""
+    fields = parse_label_config((ROOT / "label_config_ranker.xml").read_text())
+    answers = [{"id": "answer1", "title": "A", "body": "xx"}, {"id": "answer2", "title": "B", "body": "xxxxxxxx"},
+               {"id": "answer3", "title": "C", "body": "xxxxx"}, {"id": "answer4", "title": "D", "body": ""}]
+    tasks = [{"id": 7, "data": {"prompt": "p", "answers": answers}},
+             {"id": 8, "data": {"prompt": "p", "answers": answers[3:]}}]  # nothing to rank yet
+    item, nothing = score_tasks(FavoursLonger(), "v2", tasks, fields)
+    assert nothing is None
+    assert item["result"] == [{"from_name": "rank", "to_name": "answers", "type": "ranker",
+                               "value": {"ranker": {"rank": ["answer2", "answer3", "answer1"]}}}]
+    expected = (sigmoid(0.3) + sigmoid(0.6) + sigmoid(0.3)) / 3  # 0.8 > 0.5 > 0.2 in tens of characters
+    assert item["score"] == round(expected, 6) and item["model_version"] == "v2"
 
 
 def test_predict_gives_the_reward_model_each_prompts_text_conversations_included():
     seen = []
 
     class Recorder(FavoursLonger):
-        def preference(self, prompts, lefts, rights):
+        def rewards(self, prompts, answers):
             seen.extend(prompts)
-            return super().preference(prompts, lefts, rights)
+            return super().rewards(prompts, answers)
 
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Bread?"}]
     tasks = [{"id": i, "data": {"prompt": prompt, "answer1": "a", "answer2": "b"}}
              for i, prompt in enumerate([chat, "plain", [{"role": "user", "content": "Just this"}]])]
     score_tasks(Recorder(), "v1", tasks, DEFAULT_FIELDS)
-    assert seen == ["\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bread?\n\nAssistant:", "plain", "Just this"]
+    assert seen == [p for p in ["\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bread?\n\nAssistant:", "plain",
+                                "Just this"] for _ in range(2)]
 
 
 @pytest.mark.parametrize("name", ["webhook_TASKS_CREATED", "webhook_ANNOTATION_CREATED",

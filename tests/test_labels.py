@@ -21,7 +21,8 @@ def test_renamed_fields_are_read_from_the_config():
     config = """<View><Text name="question" value="$q"/>
       <Pairwise name="pick" toName="first,second"/>
       <Text name="first" value="$resp_a"/><Text name="second" value="$resp_b"/></View>"""
-    assert parse_label_config(config) == TaskFields("pick", "q", "resp_a", "resp_b")
+    # The object name (a prediction's to_name) and the data key differ here.
+    assert parse_label_config(config) == TaskFields("pick", "q", "resp_a", "resp_b", left_object="first")
 
 
 @pytest.mark.parametrize("config, message", [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 
-from backend.answers import failure, needs_answers, place_answers
+from backend.answers import candidates_for, failure, needs_answers, place_answers
 from backend.jobs.framework import job, progress
 from backend.jobs.refresh import written
 from backend.labelstudio import id_after, task_query
@@ -39,7 +39,8 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
     size = ctx.settings.generation_batch_size
     for start in range(0, len(todo), size):
         batch = todo[start:start + size]
-        candidates = ctx.generator.generate([t["data"].get(fields.prompt) for t in batch])
+        candidates = ctx.generator.generate([t["data"].get(fields.prompt) for t in batch],
+                                            candidates=candidates_for(fields, ctx.settings.candidates))
         fresh = {t["id"]: t for t in ls.tasks(project, task_query(ids=[t["id"] for t in batch]))}
         filled = []
         for task, cand in zip(batch, candidates):

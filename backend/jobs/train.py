@@ -19,18 +19,18 @@ def train(ctx, project: int, force: str = "") -> dict:
     make it current, then queue the refresh of every unlabelled task's prediction and the report."""
     from backend.jobs.refresh import refresh
     from backend.jobs.report import report
-    from model.pairs import pairs_from_tasks
+    from model.rankings import task_pairs
     from model.reward.train import train_reward_model
 
     ls = ctx.label_studio(project)
     fields = ctx.fields(project, ls)
     progress(0.0, "syncing annotations")
     synced = ctx.mirror(project).sync(ls, ctx.settings.reconcile_seconds)
-    pairs = pairs_from_tasks(ctx.mirror(project).tasks(), fields)
+    pairs = task_pairs(ctx.mirror(project).tasks(), fields)
     keys = sorted({_pair_key(p) for p in pairs})
     current = ctx.store.current(project)
     previous = set(ctx.store.metrics(project, current).get("annotation_keys", [])) if current else set()
-    changed = len(previous.symmetric_difference(keys))
+    changed = len({key.rsplit(":", 1)[0] for key in previous.symmetric_difference(keys)})  # annotations
     outcome = {"project": project, "pairs": len(pairs), "changed": changed, "read_tasks": synced.read,
                "label_studio_calls": ls.calls}
     if not pairs:
@@ -52,5 +52,7 @@ def train(ctx, project: int, force: str = "") -> dict:
 
 
 def _pair_key(pair) -> str:
+    """task:annotation:what it chose; a changed judgement changes its keys."""
     meta = pair.meta
-    return f"{meta.get('task_id')}:{meta.get('annotation_id')}:{meta.get('chosen_side')}"
+    chose = meta.get("chosen_side") or f"{meta.get('chosen_id')}>{meta.get('rejected_id')}"
+    return f"{meta.get('task_id')}:{meta.get('annotation_id')}:{chose}"
