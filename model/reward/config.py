@@ -7,7 +7,7 @@ from pathlib import Path
 
 MINILM = "minilm"
 MODE_DEFAULTS = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                 "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
+                 "full": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 8}}
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,14 @@ class TrainConfig:
     max_length: int = 256             # tokens of prompt+answer
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
-    epochs: int | None = None         # None: the mode's default, 60 (fast, best epoch kept) / 2 (full)
+    epochs: int | None = None         # None: the mode's default, 60 (fast, best epoch kept) / 1 (full, as TRL)
     learning_rate: float | None = None  # None: 3e-4 (fast) / 1e-4 (full, as TRL)
     batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
     weight_decay: float = 0.01
     patience: int = 10                # stop after this many epochs without a better held-out loss
     margin: float = 0.0               # TRL-style margin: loss = -logsigmoid(r_c - r_r - margin)
     center_rewards_coefficient: float | None = None  # TRL-style: + coef * mean((r_c + r_r)^2), keeps rewards ~0
-    val_fraction: float = 0.15        # held-out share (grouped by comparison) for accuracy and best-epoch pick
+    val_fraction: float = 0.15        # held-out share of the prompts (all pairs of a prompt on one side)
     min_val_pairs: int = 10           # fewer pairs than this: train on all, val_accuracy=None
     seed: int = 0
     train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)

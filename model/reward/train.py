@@ -27,20 +27,21 @@ from model.reward.config import TrainConfig
 from model.reward.fast import train_fast
 from model.reward.full import train_full
 from model.reward.model import REWARD_CONFIG, load_reward_base, resolve_base_model
-from model.reward.objective import margin_loss
+from model.reward.objective import margin_loss, pair_weights
 
 Progress = Callable[[float, str], None]
 
 
 def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list, list]:
-    """Held-out split grouped by comparison (prompt + both answers): several annotators' judgments of
-    one task stay on one side, so held-out accuracy is not inflated by duplicates. Below
-    `min_val_pairs` there is no split (everything trains; val_accuracy is reported as None)."""
+    """Held-out split grouped by prompt: a random `val_fraction` of the distinct prompts is held out with
+    every pair of theirs (several annotators' judgements of one task, a ranking's C(k,2) pairs, the same
+    prompt in two tasks), so held-out accuracy is measured on prompts the model never trained on. Below
+    `min_val_pairs` pairs there is no split (everything trains; val_accuracy is reported as None)."""
     if len(pairs) < config.min_val_pairs or config.val_fraction <= 0:
         return list(pairs), []
-    groups: dict[tuple, list] = {}
+    groups: dict[str, list] = {}
     for p in pairs:
-        groups.setdefault((p.prompt, *sorted((p.chosen, p.rejected))), []).append(p)
+        groups.setdefault(p.prompt, []).append(p)
     keys = list(groups)
     random.Random(config.seed).shuffle(keys)
     n_val = max(1, round(len(keys) * config.val_fraction))
@@ -66,6 +67,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
                          "(skipped and cancelled annotations do not count)")
     if config.members < 1:
         raise ValueError(f"members must be at least 1, not {config.members}")
+    pair_weights(pairs)  # a pair without a positive weight fails here, before any training
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} does not exist")
@@ -97,7 +99,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         "n_pairs": len(pairs), "n_train": len(train), "n_val": len(val),
         "val_accuracy": scored["accuracy"] if has_val else None,
         "val_accuracy_ci": [scored["ci_low"], scored["ci_high"]] if has_val else None,
-        "val_loss": margin_loss(margins, config) if has_val else None,  # of the saved model
+        "val_loss": margin_loss(margins, config, pair_weights(val)) if has_val else None,  # of the saved model
         "train_loss": history[-1]["train_loss"],
         "mean_margin": scored["mean_margin"],
         "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
