@@ -53,6 +53,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("JOB_RETRIES", "3", "Retries (with backoff) for a job that fails, e.g. Label Studio unreachable."),
     Option("RECONCILE_HOURS", "24", "Hours between full re-reads of a project's annotations (between them, "
            "only what changed is read)."),
+    Option("PREDICTION_IMPORT_BATCH", "1000", "Predictions per bulk import request to Label Studio; lower it if "
+           "Label Studio times out on them."),
     # Storage
     Option("MODEL_DIR", "./rlhf-models", "Reward-model versions, generator caches and feature caches."),
     Option("KEEP_VERSIONS", "5", "Reward-model versions kept per project (the current one is never deleted)."),
@@ -110,6 +112,7 @@ class Settings:
     job_timeout: int
     job_retries: int
     reconcile_hours: float
+    prediction_import_batch: int
     model_dir: Path
     keep_versions: int
     generator: str
@@ -240,6 +243,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         job_timeout=integer("JOB_TIMEOUT", 10),
         job_retries=integer("JOB_RETRIES", 0),
         reconcile_hours=number("RECONCILE_HOURS", 0.0, 24.0 * 365),
+        prediction_import_batch=integer("PREDICTION_IMPORT_BATCH", 1),
         model_dir=Path(raw("MODEL_DIR")).expanduser().resolve(),
         keep_versions=integer("KEEP_VERSIONS", 1),
         generator=generator,

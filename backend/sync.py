@@ -172,14 +172,17 @@ class AnnotationMirror:
         state = self.state()
         reconciled = float(state.get("reconciled_at", 0))
         if "cursor" not in state or time.time() - reconciled > reconcile_seconds:
-            # The cursor is read before the export: whatever changes meanwhile is caught up next time.
+            # The cursor and the tasks the next catch-up will look at again (its overlap) are read before
+            # the export: whatever changes meanwhile is caught up next time.
             newest = next(ls.tasks(self.project, task_query(ordering="-tasks:updated_at"), page_size=1), None)
-            tasks = ls.export(self.project)
+            cursor = newest["updated_at"] if newest else "1970-01-01T00:00:00Z"
+            recent = list(ls.tasks(self.project, task_query(updated_after(_minus(cursor, OVERLAP_SECONDS)))))
+            exported = {t["id"]: t for t in ls.export(self.project)}
             self.redis.delete(self.annotations_key, self.tasks_key)
-            self._apply_tasks(tasks)
-            self._set_state(cursor=newest["updated_at"] if newest else "1970-01-01T00:00:00Z", reconciled_at=time.time())
-            log.info("project %s: full sync, %s annotations on %s tasks", self.project, self.count(), len(tasks))
-            return SyncResult(len(events), len(tasks), True, self.count())
+            self._apply_tasks(list(exported.values()) + [t for t in recent if t["id"] not in exported])
+            self._set_state(cursor=cursor, reconciled_at=time.time())
+            log.info("project %s: full sync, %s annotations on %s tasks", self.project, self.count(), len(exported))
+            return SyncResult(len(events), len(exported), True, self.count())
 
         cursor = state["cursor"]
         changed = list(ls.tasks(self.project, task_query(updated_after(_minus(cursor, OVERLAP_SECONDS)))))

@@ -205,3 +205,54 @@ def progress_job(steps: int, pause: float) -> int:
         job.save_meta()
         time.sleep(pause)
     return steps
+
+
+class Proxy:
+    """A forwarding HTTP proxy in front of Label Studio that a test can take down (connections then get a
+    502, as from a load balancer whose backend is gone) or slow down, and that counts the requests by
+    method and path."""
+
+    def __init__(self, target: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.target = target.rstrip("/")
+        self.down = threading.Event()
+        self.delay = 0.0
+        self.requests: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, self.path.split("?")[0]))
+                time.sleep(proxy.delay)
+                if proxy.down.is_set():
+                    status, data, kind = 502, b'{"detail": "Label Studio is down"}', "application/json"
+                else:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                    answer = requests.request(self.command, proxy.target + self.path, data=body or None,
+                                              headers=headers, timeout=120)
+                    status, data, kind = answer.status_code, answer.content, answer.headers.get("Content-Type", "")
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = handle_any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, path in self.requests if m == method and fragment in path)
+
+    def close(self):
+        self.server.shutdown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -138,7 +139,11 @@ def job(kind: str):
             ctx.clients.clear()
             try:
                 with ctx.project_lock(kind, project):
+                    ran_from = time.time()
                     outcome = fn(ctx, project, **flags)
+                    if rq_job is not None:  # when it held the lock: how long it waited shows in /jobs
+                        rq_job.meta["ran"] = [ran_from, time.time()]
+                        rq_job.save_meta()
             except ProjectGone as exc:
                 # Retrying cannot help, and the sweep would try again at every start: forget the project.
                 ctx.registry.forget(project)

@@ -15,7 +15,7 @@ import random
 
 from backend.answers import candidates_for, failure, needs_answers, place_answers
 from backend.jobs.framework import job, progress
-from backend.jobs.refresh import written
+from backend.jobs.refresh import write_predictions, written
 from backend.labelstudio import id_after, task_query
 from backend.predictions import has_answers, score_tasks
 from backend.queue import GENERATE
@@ -72,9 +72,7 @@ def _predict(ctx, ls, project: int, fields, tasks: list[dict]) -> None:
     scorer = ctx.models.scorer(project) if tasks else None
     if scorer is None:
         return
-    record = written(ctx, project)
-    done = record.done(scorer.version)
+    done = written(ctx, project).done(scorer.version)
     tasks = [t for t in tasks if t["id"] not in done]  # a rescan meets tasks that have one already
     items = score_tasks(scorer.model, scorer.version, tasks, fields)
-    ls.import_predictions(project, [{"task": t["id"], **item} for t, item in zip(tasks, items) if item])
-    record.add(scorer.version, [t["id"] for t in tasks])
+    write_predictions(ctx, ls, project, scorer.version, [(t["id"], item) for t, item in zip(tasks, items) if item])

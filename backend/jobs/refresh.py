@@ -26,9 +26,6 @@ from backend.queue import REFRESH
 
 log = logging.getLogger(__name__)
 
-IMPORT_CHUNK = 1000  # predictions per bulk import (each import makes Label Studio recount the project)
-
-
 class WrittenPredictions:
     """Which of this backend's model versions have predictions in Label Studio, and for a version being
     refreshed, which tasks already have one. Keys: `<prefix>:predictions:<p>:versions` (set),
@@ -72,6 +69,22 @@ def written(ctx, project: int) -> WrittenPredictions:
     return WrittenPredictions(ctx.redis, ctx.settings.queue_prefix, project)
 
 
+def write_predictions(ctx, ls, project: int, version: str, items: list[tuple[int, dict]],
+                      still_current=lambda: True) -> int:
+    """Bulk-import (task id, prediction) items in PREDICTION_IMPORT_BATCH chunks, recording each chunk's
+    tasks as done for `version`; stops before a chunk once `still_current()` is false. Returns how many
+    were written. Each import makes Label Studio recount the project: chunks stay large."""
+    record, size = written(ctx, project), ctx.settings.prediction_import_batch
+    for start in range(0, len(items), size):
+        if not still_current():
+            return start
+        chunk = items[start:start + size]
+        ls.import_predictions(project, [{"task": task, **item} for task, item in chunk])
+        record.add(version, [task for task, _ in chunk])
+        progress(0.2 + 0.7 * (start + len(chunk)) / len(items), f"{start + len(chunk)}/{len(items)} written")
+    return len(items)
+
+
 @job(REFRESH)
 def refresh(ctx, project: int) -> dict:
     scorer = ctx.models.scorer(project)
@@ -89,13 +102,10 @@ def refresh(ctx, project: int) -> dict:
     progress(0.1, f"scoring {len(tasks)} tasks")
     items = score_tasks(scorer.model, version, tasks, fields)
     order = sorted(range(len(tasks)), key=lambda i: -uncertainty(items[i]))  # the most uncertain first
-    for start in range(0, len(order), IMPORT_CHUNK):
-        if ctx.models.version(project) != version:
-            return {"status": "superseded", "project": project, "version": version, "written": start}
-        chunk = order[start:start + IMPORT_CHUNK]
-        ls.import_predictions(project, [{"task": tasks[i]["id"], **items[i]} for i in chunk])
-        record.add(version, [tasks[i]["id"] for i in chunk])
-        progress(0.2 + 0.7 * (start + len(chunk)) / len(order), f"{start + len(chunk)}/{len(order)} written")
+    count = write_predictions(ctx, ls, project, version, [(tasks[i]["id"], items[i]) for i in order],
+                              still_current=lambda: ctx.models.version(project) == version)
+    if count < len(tasks):  # a newer version is current: its own refresh takes over
+        return {"status": "superseded", "project": project, "version": version, "written": count}
     ls.set_model_version(project, version)
     deleted = 0
     for old in record.versions() - {version}:
@@ -103,7 +113,7 @@ def refresh(ctx, project: int) -> dict:
         record.forget(old)
     duplicates = _remove_duplicates(ls, project, version)
     record.mark_complete(version)
-    return {"status": "done", "project": project, "version": version, "written": len(tasks),
+    return {"status": "done", "project": project, "version": version, "written": count,
             "deleted_old": deleted, "duplicates_removed": duplicates, "label_studio_calls": ls.calls}
 
 

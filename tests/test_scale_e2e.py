@@ -1,0 +1,258 @@
+"""What makes a large project cheap, against a real Label Studio 1.23.2 and real Redis and worker processes:
+incremental sync (created, updated and deleted annotations, with and without their webhooks), the
+prediction refresh (resumed after a SIGKILL and after Label Studio went down, one prediction per task
+left, the bulk import's count checked, older versions deleted), and two workers on one project."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+import redis
+import requests
+from label_studio_sdk import LabelStudio
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+
+from backend.jobs.refresh import refresh
+from backend.labelstudio import Connection, LabelStudioClient, LabelStudioError, ProjectRegistry
+from backend.queue import JobQueue
+from backend.sync import AnnotationMirror
+from conftest import REDIS_URL, ROOT
+from harness import LS_TOKEN, Process, Proxy, backend_env, poll, start_backend
+from model.pairs import pairs_from_tasks
+from test_faults import synthetic_pairs, train_versions
+from tiny_models import tiny_encoder
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = (ROOT / "label_config.xml").read_text()
+PREFIX = "rlhf-scale"
+
+
+@pytest.fixture(scope="module")
+def ls(label_studio):
+    return LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
+
+
+@pytest.fixture
+def connection(redis_conn):
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def make_project(ls, title: str, n_tasks: int) -> tuple[int, list[int]]:
+    project = ls.projects.create(title=title, label_config=CONFIG)
+    tasks = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer1": f"It is {2 * i}, since {i}+{i}={2 * i}.",
+              "answer2": f"maybe {i}"} for i in range(n_tasks)]
+    return project.id, list(ls.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True).task_ids)
+
+
+def pairwise(side: str) -> list[dict]:
+    return [{"from_name": "comparison", "to_name": "comparison", "type": "pairwise", "value": {"selected": side}}]
+
+
+def chosen_sides(mirror: AnnotationMirror) -> dict[int, list[str]]:
+    sides: dict[int, list[str]] = {}
+    for pair in pairs_from_tasks(mirror.tasks()):
+        sides.setdefault(pair.meta["task_id"], []).append(pair.meta["chosen_side"])
+    return sides
+
+
+# ---------------------------------------------------------------- incremental sync
+
+def test_sync_reads_only_the_tasks_whose_annotations_changed(ls, label_studio, connection):
+    """No webhooks at all (they were lost): the catch-up on updated_at finds a created, an updated and a
+    deleted annotation, and reads just those tasks; with nothing changed, one small read."""
+    project, ids = make_project(ls, "sync: lost webhooks", 12)
+    first = [ls.annotations.create(id=i, result=pairwise("left")) for i in ids[:3]]
+    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+    mirror = AnnotationMirror(connection, PREFIX, project)
+
+    full = mirror.sync(client, reconcile_seconds=3600)
+    assert full.full and full.annotations == 3 and chosen_sides(mirror) == {i: ["left"] for i in ids[:3]}
+
+    ls.annotations.create(id=ids[3], result=pairwise("right"))          # created
+    ls.annotations.update(id=first[0].id, result=pairwise("right"))      # updated
+    ls.annotations.delete(id=first[1].id)                                # deleted
+    calls = client.calls
+    caught_up = mirror.sync(client, reconcile_seconds=3600)
+    assert not caught_up.full and caught_up.read == 3  # tasks 0, 1 and 3, not the other 9
+    assert client.calls - calls == 2  # one filtered task list, one export of those tasks
+    assert chosen_sides(mirror) == {ids[0]: ["right"], ids[2]: ["left"], ids[3]: ["right"]}
+
+    calls = client.calls
+    quiet = mirror.sync(client, reconcile_seconds=3600)
+    assert quiet.read == 0 and client.calls - calls == 1  # "nothing changed" costs one small read
+
+
+def test_sync_takes_annotations_from_their_webhooks_and_checks_them(ls, label_studio, connection, tmp_path):
+    """Label Studio's own webhooks reach the real server, which keeps them for the sync: the sync then
+    reads no task again. A forged event for a task Label Studio has not changed is read again and dropped."""
+    project, ids = make_project(ls, "sync: webhooks", 8)
+    env = backend_env(LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL,
+                      QUEUE_PREFIX=PREFIX, MODEL_DIR=tmp_path / "models", WORKERS=1, THREADS=2)
+    server, _, url = start_backend(env, tmp_path, worker=False)
+    try:
+        client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+        mirror = AnnotationMirror(connection, PREFIX, project)
+        assert mirror.sync(client, reconcile_seconds=3600).full  # the starting point: nothing annotated
+        ls.ml.create(project=project, url=url, title="rlhf-backend")  # Label Studio adds its webhook
+        for i, side in zip(ids[:4], "llrr"):
+            ls.annotations.create(id=i, result=pairwise({"l": "left", "r": "right"}[side]))
+        poll(lambda: connection.llen(f"{PREFIX}:inbox:{project}") == 4, 30, message="four webhooks in the inbox")
+        forged = {"annotation": {"id": 999999, "result": pairwise("left"), "task": ids[5]},
+                  "task": {"id": ids[5], "data": {"prompt": "forged", "answer1": "a", "answer2": "b"},
+                           "updated_at": "2030-01-01T00:00:00.000000Z"}}
+        mirror.push_event("ANNOTATION_CREATED", forged)
+
+        calls = client.calls
+        result = mirror.sync(client, reconcile_seconds=3600)
+        assert result.events == 5 and result.read == 1  # only the forged task is read again
+        assert client.calls - calls == 2
+        assert chosen_sides(mirror) == {ids[0]: ["left"], ids[1]: ["left"], ids[2]: ["right"], ids[3]: ["right"]}
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the prediction refresh
+
+def test_the_bulk_import_count_is_checked(ls, label_studio):
+    """Label Studio drops predictions that fail its validation and says only how many it kept."""
+    project, ids = make_project(ls, "import count", 2)
+    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+    good = {"task": ids[0], "result": [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise",
+                                        "value": {"selected": "left"}}], "score": 0.7, "model_version": "v1"}
+    assert client.import_predictions(project, [good]) == 1
+    at_the_control = dict(good, task=ids[1], result=pairwise("left"))  # to_name "comparison", what the editor writes
+    with pytest.raises(LabelStudioError, match="kept 0 of 1"):
+        client.import_predictions(project, [at_the_control])
+
+
+@pytest.fixture
+def refresh_setup(ls, label_studio, tmp_path, redis_conn):
+    """A project of 40 unlabelled tasks, a trained v1, and a worker's environment that reaches Label Studio
+    through a proxy the test can slow down or take down; the refresh writes 5 predictions per import."""
+    project, ids = make_project(ls, f"refresh {tmp_path.name}", 40)
+    model_dir = tmp_path / "models"
+    train_versions(model_dir, project, tiny_encoder(tmp_path / "rm"), pairs=synthetic_pairs(24))
+    proxy = Proxy(label_studio)
+    env = backend_env(LABEL_STUDIO_URL=proxy.url, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL,
+                      QUEUE_PREFIX=PREFIX, MODEL_DIR=model_dir, PREANNOTATE="always", PREDICTION_IMPORT_BATCH=5,
+                      JOB_RETRIES=2)
+    ProjectRegistry(redis_conn, PREFIX).record_setup(project, None, None, CONFIG)  # known: the sweep refreshes it
+    yield {"project": project, "ids": ids, "proxy": proxy, "env": env, "model_dir": model_dir}
+    proxy.close()
+
+
+def predictions_per_task(label_studio: str, project: int) -> dict[int, list[str]]:
+    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+    out: dict[int, list[str]] = {}
+    for task in client.tasks(project):
+        out[task["id"]] = [p["model_version"] for p in client.predictions(task["id"])]
+    return out
+
+
+def test_a_refresh_killed_half_way_resumes_where_it_stopped(refresh_setup, label_studio, redis_conn, tmp_path):
+    setup, project = refresh_setup, refresh_setup["project"]
+    setup["proxy"].delay = 0.3  # so that the kill lands between imports
+    done_key = f"{PREFIX}:predictions:{project}:v1"
+    JobQueue(redis_conn, PREFIX, 3600, 2).enqueue(refresh, project)
+    worker = Process([sys.executable, "-m", "backend.cli", "worker", "--no-sweep"], setup["env"], tmp_path / "w1.log")
+    try:
+        poll(lambda: redis_conn.scard(done_key) >= 10, 120, interval=0.05, message="two imports written")
+        os.killpg(worker.popen.pid, signal.SIGKILL)
+        worker.popen.wait(10)
+    finally:
+        worker.stop()
+    written_before = redis_conn.scard(done_key)
+    assert written_before < 40, "the kill was meant to land half-way"
+    # An import Label Studio took just before the kill may be missing from the record: written again later.
+    in_label_studio = sum(len(v) for v in predictions_per_task(label_studio, project).values())
+    assert written_before <= in_label_studio <= written_before + 5
+
+    # A fresh worker (as `rlhf-backend start` restarts one) sweeps the known projects: the refresh resumes.
+    setup["proxy"].delay = 0.0
+    worker = Process([sys.executable, "-m", "backend.cli", "worker"], setup["env"], tmp_path / "w2.log")
+    try:
+        poll(lambda: redis_conn.get(f"{PREFIX}:predictions:{project}:complete") == b"v1", 120,
+             message="the refresh resumed and finished")
+    finally:
+        worker.stop()
+    assert predictions_per_task(label_studio, project) == {i: ["v1"] for i in setup["ids"]}
+    finished = [Job.fetch(j, connection=redis_conn) for j in
+                FinishedJobRegistry(f"{PREFIX}-refresh", connection=redis_conn).get_job_ids()]
+    resumed = [j.return_value() for j in finished if (j.return_value() or {}).get("status") == "done"]
+    assert resumed and resumed[-1]["written"] == 40 - written_before  # only what was left
+
+
+def test_label_studio_down_mid_refresh_retries_and_resumes(refresh_setup, label_studio, redis_conn, tmp_path):
+    setup, project = refresh_setup, refresh_setup["project"]
+    proxy = setup["proxy"]
+    job_id = JobQueue(redis_conn, PREFIX, 3600, 2).enqueue(refresh, project).job_id
+    worker = Process([sys.executable, "-m", "backend.cli", "worker", "--no-sweep"], setup["env"], tmp_path / "w.log")
+    try:
+        poll(lambda: proxy.count("POST", "import/predictions") >= 2, 120, interval=0.02, message="two imports")
+        proxy.down.set()
+        poll(lambda: Job.fetch(job_id, connection=redis_conn).get_status() == "scheduled", 60,
+             message="the failed attempt scheduled for a retry")
+        proxy.down.clear()
+        poll(lambda: Job.fetch(job_id, connection=redis_conn).get_status() == "finished", 120,
+             message="the retry finished")
+    finally:
+        worker.stop()
+    outcome = Job.fetch(job_id, connection=redis_conn).return_value()
+    assert outcome["status"] == "done" and outcome["written"] < 40  # the retry wrote only what was left
+    assert predictions_per_task(label_studio, project) == {i: ["v1"] for i in setup["ids"]}
+    assert "502" in worker.output() and LS_TOKEN not in worker.output()
+
+
+# ---------------------------------------------------------------- two workers, several versions
+
+def test_two_workers_never_train_one_project_at_once_and_keep_one_prediction_per_task(ls, label_studio, tmp_path,
+                                                                                       redis_conn):
+    """Two real workers, a project annotated in three bursts through Label Studio (real webhooks): train
+    jobs of the project never overlap, the last version saw every annotation, and after all the retrains
+    Label Studio holds one prediction per unlabelled task, of the current version only."""
+    project, ids = make_project(ls, "two workers", 30)
+    env = backend_env(LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL,
+                      QUEUE_PREFIX=PREFIX, MODEL_DIR=tmp_path / "models", REWARD_BASE_MODEL=tiny_encoder(tmp_path / "rm"),
+                      PREANNOTATE="always", WORKERS=1, THREADS=4, JOB_RETRIES=1)
+    server, first, url = start_backend(env, tmp_path)
+    second = Process([sys.executable, "-m", "backend.cli", "worker"], env, tmp_path / "worker-2.log")
+    try:
+        poll(lambda: requests.get(f"{url}/health", timeout=5).json()["workers"] == 2, 60, message="two workers")
+        ls.ml.create(project=project, url=url, title="rlhf-backend")
+        for burst in range(3):
+            for i in ids[burst * 6:(burst + 1) * 6]:
+                ls.annotations.create(id=i, result=pairwise("left" if i % 3 else "right"))
+            time.sleep(1.0)
+
+        def settled():
+            versions = requests.get(f"{url}/versions", params={"project": project}, timeout=5).json()
+            current = versions["projects"][str(project)]["current"]
+            if not current:
+                return None
+            metrics = json.loads((tmp_path / "models" / str(project) / current / "metrics.json").read_text())
+            complete = redis_conn.get(f"{PREFIX}:predictions:{project}:complete")
+            return current if metrics["n_pairs"] == 18 and complete == current.encode() else None
+        version = poll(settled, 240, interval=1, message="a version of all 18 annotations, refreshed")
+
+        runs = [Job.fetch(j, connection=redis_conn) for j in
+                FinishedJobRegistry(f"{PREFIX}-train", connection=redis_conn).get_job_ids()]
+        spans = sorted(j.meta["ran"] for j in runs if j.meta.get("project") == project)  # while it held the lock
+        assert len(spans) >= 2
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"train jobs overlapped: {spans}"
+        predictions = predictions_per_task(label_studio, project)
+        assert {i: predictions[i] for i in ids[18:]} == {i: [version] for i in ids[18:]}
+        assert all(v in ([], [version]) for v in predictions.values())  # older versions deleted everywhere
+    except BaseException:
+        print("---- worker 1 ----\n", first.output()[-4000:], "\n---- worker 2 ----\n", second.output()[-4000:])
+        raise
+    finally:
+        second.stop()
+        first.stop()
+        server.stop()
