@@ -15,7 +15,7 @@ import random
 
 from backend.answers import candidates_for, failure, needs_answers, place_answers
 from backend.jobs.framework import job, progress
-from backend.jobs.refresh import write_predictions, written
+from backend.jobs.refresh import refresh, write_predictions, written
 from backend.labelstudio import id_after, task_query
 from backend.predictions import has_answers, score_tasks
 from backend.queue import GENERATE
@@ -68,9 +68,15 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
 
 
 def _predict(ctx, ls, project: int, fields, tasks: list[dict]) -> None:
-    """So the annotator sees a guess at once, without waiting for the refresh or /predict: one import."""
-    scorer = ctx.models.scorer(project) if tasks else None
+    """So the annotator sees a guess at once, without waiting for the refresh or /predict: one import. A
+    worker that sees no version it may show (e.g. a generation-only worker without the shared MODEL_DIR)
+    leaves them to the refresh job."""
+    if not tasks:
+        return
+    scorer = ctx.models.scorer(project)
     if scorer is None:
+        written(ctx, project).mark_complete(None)
+        ctx.queue.enqueue(refresh, project)
         return
     done = written(ctx, project).done(scorer.version)
     tasks = [t for t in tasks if t["id"] not in done]  # a rescan meets tasks that have one already
