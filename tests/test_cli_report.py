@@ -9,7 +9,8 @@ import pytest
 
 from backend.cli_report import register
 from backend.config import ConfigError
-from backend.report import SECTIONS
+from backend.report_pairwise import PAIRWISE_SECTIONS
+from backend.report_ranker import RANKER_SECTIONS
 from conftest import FIXTURES
 from synthetic_export import synthetic_export, write_versions
 from tiny_models import tiny_encoder
@@ -27,9 +28,32 @@ def test_report_from_captured_export(make_settings, tmp_path, capsys):
     assert run(["report", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "-o", str(out),
                 "--no-learning-curve"], make_settings()) == 0
     html = out.read_text()
-    assert all(f'id="{sid}"' in html for sid, _ in SECTIONS)
+    assert all(f'id="{sid}"' in html for sid, _ in PAIRWISE_SECTIONS)
     assert "Project 4" in html  # the project id comes from the export's tasks
     assert "wrote" in capsys.readouterr().err
+
+
+def test_report_of_a_ranker_export_without_its_label_config(make_settings, tmp_path, capsys):
+    """The export's ranker results make it a Ranker page, with label_config_ranker.xml's names."""
+    out = tmp_path / "ranker.html"
+    assert run(["report", "--from", str(FIXTURES / "ls-1.23.2-ranker-export-JSON.json"), "-o", str(out),
+                "--no-learning-curve"], make_settings()) == 0
+    html = out.read_text()
+    assert [f'id="{sid}"' in html for sid, _ in RANKER_SECTIONS] == [True] * len(RANKER_SECTIONS)
+    assert "Project 3" in html and "9 rankings on 9 tasks" in html and 'id="position-bias"' in html
+    assert "Ranker project" in capsys.readouterr().err
+
+
+def test_report_of_a_bucket_ranker_with_its_label_config(make_settings, tmp_path):
+    """The LLM Ranker template (buckets, data key "items") needs its config: the default names find nothing."""
+    export = FIXTURES / "ls-1.23.2-ranker-buckets-export-JSON.json"
+    out = tmp_path / "buckets.html"
+    assert run(["report", "--from", str(export), "-o", str(out), "--no-learning-curve",
+                "--label-config", str(FIXTURES / "ls-1.23.2-llm-ranker.xml")], make_settings()) == 0
+    html = out.read_text()
+    assert "1 ranking on 1 task" in html
+    assert "With buckets, an annotation submitted without sorting anything" in html
+    assert "1 submitted annotation gave no usable order" in html  # everything left unsorted
 
 
 def test_report_with_versions_and_learning_curve(make_settings, tmp_path):
@@ -48,6 +72,9 @@ def test_report_with_versions_and_learning_curve(make_settings, tmp_path):
 def test_report_needs_a_source_and_a_readable_file(make_settings, tmp_path):
     with pytest.raises(SystemExit):
         run(["report"], make_settings())
+    with pytest.raises(SystemExit):  # the benchmark simulation is no part of a project's report any more
+        run(["report", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "--simulation", "x.json"],
+            make_settings())
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read"):

@@ -11,7 +11,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from backend.cli_report import register
-from backend.report import SECTIONS
+from backend.report_pairwise import PAIRWISE_SECTIONS
 from conftest import ROOT
 from harness import LS_TOKEN
 from synthetic_export import annotation_result
@@ -40,7 +40,7 @@ def test_report_of_a_real_project_with_ties(label_studio, make_settings, tmp_pat
     assert args.handler(args, settings) == 0
 
     html = out.read_text()
-    for sid, _ in SECTIONS:
+    for sid, _ in PAIRWISE_SECTIONS:
         assert f'<section id="{sid}">' in html
     cards = dict((label, value) for value, label in
                  re.findall(r'<div class="value">([^<]*)</div><div class="label">([^<]*)</div>', html))

@@ -1,6 +1,7 @@
-"""The report page: renders from the captured Label Studio exports and from a synthetic multi-annotator
-export, every section present, plots embedded, figures right on known data, and a real headless Chromium
-renders it (install with `apt-get install -y chromium`; skipped only when it is absent)."""
+"""The report page of a Pairwise project: renders from the captured Label Studio exports and from a
+synthetic multi-annotator export, every section present, plots embedded, figures right on known data, the
+project's data only (no benchmark), and a real headless Chromium renders it and a Ranker project's page
+(install with `apt-get install -y chromium`; skipped only when it is absent)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from backend.report import SECTIONS, build_report, load_versions, read_export, write_report
+from backend.report import build_report, write_report
+from backend.report_pairwise import PAIRWISE_SECTIONS
+from backend.report_ranker import RANKER_SECTIONS
+from backend.report_sources import load_versions, read_export
 from conftest import FIXTURES
-from model.pairs import DEFAULT_FIELDS, pairs_from_tasks
+from model.pairs import DEFAULT_FIELDS, DEFAULT_RANKER_FIELDS, pairs_from_tasks
 from synthetic_export import synthetic_export, write_versions
+from synthetic_ranker_export import ranker_tasks
 
 IMG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 
@@ -34,23 +39,24 @@ def synthetic(tmp_path_factory):
     rng = np.random.default_rng(0)
     noise = rng.normal(size=(len(pairs), 8))
     features = (noise + 0.5, noise * 0.5)  # separable: the learning curve must rise above chance
-    sim = {"sizes": [50, 100], "seeds": 2, "pool": 100, "test": 50, "step": 50, "date": "2026-11-27",
-           "goal_saving": 0.25, "random_final_accuracy": 0.6,
-           "curves": {k: {"mean": [0.55, 0.6], "low": [0.5, 0.55], "high": [0.6, 0.65]} for k in ("random", "uncertainty")},
-           "targets": [{"target": 0.6, "of_final": 1.0, "random_labels": 100, "uncertainty_labels": 100, "saving": 0.0}]}
     html = build_report(tasks, DEFAULT_FIELDS, load_versions(folder / "models", 7), folder / "report.html",
-                        simulation=sim, features=features, n_boot=200)
+                        features=features, n_boot=200)
     return {"tasks": tasks, "html": html, "path": folder / "report.html"}
 
 
-@pytest.mark.parametrize("name", ["ls-1.23.2-export-JSON.json", "ls-1.23.2-export-JSON_MIN.json",
-                                  "ls-1.23.2-export-CSV.csv"])
-def test_renders_from_captured_exports(name):
-    tasks = read_export(FIXTURES / name)
-    html = build_report(tasks, DEFAULT_FIELDS, n_boot=50)
-    for sid, _ in SECTIONS:
-        section(html, sid)
+@pytest.mark.parametrize("name, form", [("ls-1.23.2-export-JSON.json", "JSON"),
+                                        ("ls-1.23.2-export-JSON_MIN.json", "JSON_MIN"),
+                                        ("ls-1.23.2-export-CSV.csv", "CSV")])
+def test_renders_from_captured_exports(name, form):
+    export = read_export(FIXTURES / name)
+    assert export.format == form and export.fields == DEFAULT_FIELDS
+    html = build_report(export.tasks, export.fields, n_boot=50, export_format=export.format)
+    assert re.findall(r'<section id="([^"]+)">', html) == [sid for sid, _ in PAIRWISE_SECTIONS]
     assert "2 annotations on 2 tasks" in html
+    # JSON_MIN and CSV rows carry no was_cancelled: the page says so instead of counting 0 skips.
+    skipped = "<div class=\"value\">0</div><div class=\"label\">skipped</div>"
+    assert (skipped in html) == (form == "JSON")
+    assert ("skipped (not in this export)" in html) == (form != "JSON")
     bias = section(html, "position-bias")
     assert "1 / 2" in bias and "50.0%" in bias  # one left, one right
     assert "No task has been labelled by two" in section(html, "agreement")
@@ -60,7 +66,7 @@ def test_renders_from_captured_exports(name):
 def test_synthetic_report_has_every_section_with_plots(synthetic):
     html = synthetic["html"]
     assert synthetic["path"].read_text() == html
-    with_plots = ["progress", "agreement", "position-bias", "learning-curve", "calibration", "lead-times", "simulation"]
+    with_plots = ["progress", "agreement", "position-bias", "learning-curve", "calibration", "lead-times"]
     for sid in with_plots:
         images = IMG.findall(section(html, sid))
         assert images, f"no image in {sid}"
@@ -123,37 +129,38 @@ def _png_is_blank(path) -> bool:
     return float(pixels.std()) < 0.02
 
 
+def test_the_page_holds_the_projects_data_only(synthetic):
+    """No benchmark on a user's page (#27): the hh-rlhf simulation stays in benchmarks/ and BENCHMARKS.md."""
+    html = synthetic["html"]
+    assert 'id="simulation"' not in html and "hh-rlhf" not in html and "uncertainty ordering" not in html.lower()
+    empty = build_report([], DEFAULT_FIELDS, n_boot=10)
+    assert re.findall(r'<section id="([^"]+)">', empty) == [sid for sid, _ in PAIRWISE_SECTIONS]
+
+
+@pytest.fixture(scope="module")
+def ranker_page(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ranker") / "report.html"
+    build_report(ranker_tasks(), DEFAULT_RANKER_FIELDS, out_path=path, n_boot=100)
+    return path
+
+
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="needs Chromium: apt-get install -y chromium")
-def test_headless_chromium_renders_the_page(synthetic, tmp_path):
+@pytest.mark.parametrize("kind", ["pairwise", "ranker"])
+def test_headless_chromium_renders_the_page(kind, synthetic, ranker_page, tmp_path):
+    page, sections = (synthetic["path"], PAIRWISE_SECTIONS) if kind == "pairwise" else (ranker_page, RANKER_SECTIONS)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     shot = tmp_path / "out.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--no-first-run", "--hide-scrollbars",
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3000",
-                    synthetic["path"].as_uri()], check=True, timeout=60, capture_output=True)
+                    page.as_uri()], check=True, timeout=60, capture_output=True)
     assert shot.is_file() and shot.stat().st_size > 20_000
     assert not _png_is_blank(shot)
     # Every section's anchor renders: the DOM as Chromium sees it has all section ids.
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile2'}",
-                          "--dump-dom", synthetic["path"].as_uri()], check=True, timeout=60, capture_output=True,
+                          "--dump-dom", page.as_uri()], check=True, timeout=60, capture_output=True,
                          text=True).stdout
-    for sid, _ in SECTIONS:
+    for sid, _ in sections:
         assert f'id="{sid}"' in dom
-
-
-def test_simulation_verdict_is_honest():
-    base = {"sizes": [50, 100, 150], "seeds": 2, "pool": 150, "test": 50, "step": 50, "goal_saving": 0.25,
-            "curves": {k: {"mean": [0.6, 0.7, 0.8], "low": [0.5] * 3, "high": [0.9] * 3} for k in ("random", "uncertainty")},
-            "mean_difference": 0.05, "sizes_better": 1, "sizes_worse": 0, "sizes_compared": 1}
-
-    def verdict(final, saving):
-        sim = {**base, "random_final_accuracy": final, "targets": [
-            {"target": final, "of_final": 1.0, "random_labels": 150, "uncertainty_labels": 100, "saving": saving}]}
-        return re.search(r'<p class="verdict[^"]*">(.*?)</p>', section(build_report([], simulation=sim), "simulation")).group(1)
-
-    assert "<b>met</b>" in verdict(0.8, 0.33)
-    assert "<b>not met</b>" in verdict(0.8, 0.1)
-    weak = verdict(0.53, 0.9)
-    assert "<b>inconclusive</b>" in weak and "on paper: 90% fewer labels" in weak and "+0.050" in weak
