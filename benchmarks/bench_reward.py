@@ -1,10 +1,12 @@
 """Reward-model quality and training time on real hh-rlhf pairs: fast mode, full mode and TRL's RewardTrainer.
 
 One run, one process, one split: the first --train lines train, the last --test lines test; the prompt
-is the shared prefix up to the last "\\n\\nAssistant:". All three use the same base model and max length.
-Fast mode runs twice: first with an empty feature cache (encoding every text), then a retrain that finds
-every feature cached. Accuracy is on the test pairs (ties count half) with a 95% bootstrap interval,
-scored by the SAVED model folder. The machine is shared, so compare figures from one run.
+is the shared prefix up to the last "\\n\\nAssistant:" (--test-first: the first lines test and the last train,
+a second held-out slice). All three use the same base model and max length. Fast mode runs twice on the
+first seed: first with an empty feature cache (encoding every text; --feature-cache keeps one between
+runs), then a retrain that finds every feature cached; then once per further seed. Accuracy is on the test
+pairs (ties count half) with a 95% bootstrap interval, scored by the SAVED model folder. The machine is
+shared, so compare figures from one run.
 
 With --seeds 1,2,3, TRL and full mode each train once per seed (initialisation, data order and, for
 ours, the held-out split) and the table adds full mode's gap over TRL on the same test pairs: the mean
@@ -140,17 +142,21 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
 
 
 def section_fast(train, test, args, work, results, pooling="mean"):
+    """Timing on the first seed (empty feature cache, then a retrain with every feature cached); every
+    seed of --seeds is trained (from the cache) and scored."""
     key = "fast" if pooling == "mean" else f"fast-{pooling}"
-    cache = work / "feature-cache"
-    log(f"{key}: fast mode, {pooling} pooling, empty feature cache")
-    first = run_ours("fast", train, test, args, work, cache, pooling)
+    cache = args.feature_cache or work / "feature-cache"
+    log(f"{key}: fast mode, {pooling} pooling, feature cache {cache}")
+    first = run_ours("fast", train, test, args, work, cache, pooling, seed=args.seeds[0])
     log(f"{key}: retrain with every feature cached")
-    again = run_ours("fast", train, test, args, work, cache, pooling)
+    again = run_ours("fast", train, test, args, work, cache, pooling, seed=args.seeds[0])
+    runs = [first] + [run_ours("fast", train, test, args, work, cache, pooling, seed=seed) for seed in args.seeds[1:]]
+    per_seed_results = [{"seed": seed, "val_accuracy": r["metrics"]["val_accuracy"], "best_epoch": r["metrics"]["best_epoch"],
+                         **score_saved(r["folder"], test)} for seed, r in zip(args.seeds, runs)]
     results[key] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
                     "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
-                    "val_accuracy": first["metrics"]["val_accuracy"], "pooling": first["metrics"]["pooling"],
-                    "best_epoch": first["metrics"]["best_epoch"], **score_saved(first["folder"], test)}
-    log(f"{key}: {results[key]}")
+                    "pooling": first["metrics"]["pooling"], "seeds": per_seed_results}
+    log(f"{key}: {[brief(r) for r in per_seed_results]}")
 
 
 def brief(result: dict) -> dict:
@@ -215,10 +221,14 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test-first", action="store_true",
+                        help="a second held-out slice: the FIRST --test lines test and the last --train lines "
+                             "train (default: the first --train lines train, the last --test lines test)")
 
 
 def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
-    """(train, test): the first --train and the last --test pairs of --data."""
+    """(train, test): the first --train and the last --test pairs of --data (--test-first: the last --train
+    and the first --test)."""
     from model.pairs import read_pairs
 
     if args.data is None:
@@ -226,6 +236,8 @@ def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
     pairs = read_pairs(args.data)
     if len(pairs) < args.train + args.test:
         parser.error(f"{args.data} has {len(pairs)} pairs, fewer than --train + --test")
+    if getattr(args, "test_first", False):
+        return pairs[-args.train:], pairs[:args.test]
     return pairs[:args.train], pairs[-args.test:]
 
 
@@ -249,6 +261,9 @@ def main() -> int:
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
                              "instead of mean pooling), trl, full")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--feature-cache", type=Path,
+                        help="fast mode: a persistent feature cache folder (default: an empty one, so the first "
+                             "training encodes every text)")
     args = parser.parse_args()
     import torch
 
@@ -260,6 +275,7 @@ def main() -> int:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     results: dict = {"data": str(args.data), "train": len(train), "test": len(test), "max_length": args.max_length,
+                     "test_slice": "first" if args.test_first else "last",
                      "base_model": args.base_model, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.resume:
         results.update({k: v for k, v in json.loads(args.resume.read_text()).items() if k in SECTIONS})
@@ -276,17 +292,18 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{len(train)} train / {len(test)} test pairs from {args.data.name}, base {args.base_model}, "
+    print(f"\n{len(train)} train / {len(test)} test pairs ({results['test_slice']} lines test) from {args.data.name}, base {args.base_model}, "
           f"max_length {args.max_length}, {args.threads} threads, {results['date']}\n")
     print("| method | test accuracy [95% CI] | train time (s) | notes |\n|---|---|---|---|")
     print(fmt_row("shorter answer wins", results["shorter_wins"], "0", "baseline, no model"))
     for key in ("fast", "fast-cls"):
         if key in results:
             f = results[key]
-            print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling)", f,
-                          f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
-                          f"{f['retrain_seconds']:.1f} cached retrain",
-                          f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+            for r in f["seeds"]:
+                times = (f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
+                         f"{f['retrain_seconds']:.1f} cached retrain") if r is f["seeds"][0] else "(cached)"
+                print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling), seed {r['seed']}",
+                              r, times, f"ECE {r['ece']:.3f}; best epoch {r['best_epoch']}; no pair dropped"))
     for t in results.get("trl", []):
         precision = "bf16" if t.get("bf16", True) else "fp32"
         print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults, {precision}), seed {t['seed']}", t, f"{t['seconds']:.0f}",
@@ -296,6 +313,12 @@ def main() -> int:
         print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
                       f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
+    for key in ("fast", "fast-cls", "trl", "full"):
+        runs = results.get(key, {"seeds": []})["seeds"] if key.startswith("fast") else results.get(key, [])
+        if len(runs) > 1:
+            print(f"\n{key}: mean test accuracy {sum(r['accuracy'] for r in runs) / len(runs):.1%} over seeds "
+                  f"{', '.join(str(r['seed']) for r in runs)}; ECE {min(r['ece'] for r in runs):.3f}-"
+                  f"{max(r['ece'] for r in runs):.3f}")
     both = sorted({r["seed"] for r in results.get("trl", [])} & {r["seed"] for r in results.get("full", [])})
     if both:  # compared on the seeds both methods ran
         paired = {k: [r for r in results[k] if r["seed"] in both] for k in ("trl", "full")}

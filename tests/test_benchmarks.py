@@ -26,6 +26,7 @@ def hh_style_lines(n: int, seed: int = 0) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     data = tmp_path / "hh.jsonl"
     data.write_text("\n".join(hh_style_lines(40)) + "\n")
@@ -39,11 +40,29 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
 
     results = json.loads(out.read_text())
     assert [r["seed"] for r in results["trl"]] == [1, 2] and [r["seed"] for r in results["full"]] == [1, 2]
+    assert [r["seed"] for r in results["fast"]["seeds"]] == [1, 2] and results["fast"]["retrain_seconds"] > 0
     assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and 0 <= r["accuracy"] <= 1 for r in results["full"])
     assert results["full_minus_trl"]["seeds"] == [1, 2]
     assert "| full mode (1 epochs x 2 averaged" in done.stdout and "full - TRL =" in done.stdout
 
 
+def test_the_second_held_out_slice_is_the_first_lines_and_trains_on_the_rest(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_reward import add_split_arguments, read_split
+
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(40)) + "\n")
+    parser = argparse.ArgumentParser()
+    add_split_arguments(parser)
+    usual = read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10"]))
+    second = read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10", "--test-first"]))
+    assert usual[1] == second[0][-10:] and usual[0][:10] == second[1]  # the usual test pairs train; its first ten test
+    assert not set(second[0]) & set(second[1]) and (len(second[0]), len(second[1])) == (25, 10)
+
+
+@pytest.mark.slow
 def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_members_saves_it(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_reward import saved_margins
@@ -84,6 +103,7 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     assert "| 3 |" in done.stdout and plot.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_rl_scoring_compares_both_ways_and_counts_the_texts_trl_cannot_score(tmp_path):
     lines = hh_style_lines(40)
     long = json.loads(lines[-1])  # a test pair past the encoder's 512 positions
@@ -99,3 +119,42 @@ def test_bench_rl_scoring_compares_both_ways_and_counts_the_texts_trl_cannot_sco
     assert "TRL's way cannot score 1 of them" in done.stdout
     assert "| trl_reward_function: (prompt, answer) pair, as trained | 10 |" in done.stdout
     assert "| TRL given the folder: prompt + completion as one text | 9 |" in done.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_bench_scale_runs_end_to_end(tmp_path, db):
+    """bench_scale.py's whole path at a tiny N: Label Studio 1.23.2 (SQLite; PostgreSQL where one answers),
+    a private Redis, the real serve and worker processes on a tiny encoder. Checks what it records, never
+    how fast."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_scale import Postgres
+
+    if db == "postgres":
+        why = Postgres.available("127.0.0.1", 5432, "postgres", "")
+        if why:
+            pytest.skip(why)
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(25)) + "\n")  # 40 tasks: the file is cycled
+    out = tmp_path / "scale.json"
+    command = [sys.executable, "benchmarks/bench_scale.py", "--data", str(data), "--n", "40", "--labelled", "12",
+               "--events", "2", "--burst", "3", "--db", db, "--reward-model", str(tiny_encoder(tmp_path / "enc")),
+               "--json-out", str(out), "--timeout", "600"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    results = json.loads(out.read_text())
+    assert results["args"]["db"] == db and results["backend"]["source"] == str(ROOT)
+    start = results["starting_point"]
+    assert start["annotations"] == 12 and start["first_refresh"]["result"]["status"] in ("done", "superseded")
+    assert [e["event"] for e in results["events"]] == [1, 2]
+    for event in results["events"]:
+        assert event["version_trained_on_all"] and event["retrains"] >= 1
+        assert event["burst_to_served_seconds"] >= 0 and event["served_to_predicted_seconds"] >= 0
+        assert event["label_studio_calls_reported"] > 0 and event["label_studio_calls_in_log"]["total"] > 0
+        assert event["jobs"]["train"]["jobs"] >= 1 and event["jobs"]["refresh"]["jobs"] >= 1
+    final = results["final"]
+    assert final["labelled"] == 18 and final["unlabelled_without_current"] == 0
+    assert sum(final["prediction_rows_by_version"].values()) == final["prediction_rows"]
+    assert isinstance(final["tasks_with_several_predictions"], int) and results["memory_mib"]["worker_peak"] > 0
+    assert "| target | measured | met |" in done.stdout and "| 2 |" in done.stdout
