@@ -8,8 +8,9 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
 * full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
   bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
   over `members` runs from one start when asked.
-The best point by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full:
-per half epoch). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
+The loss is the mean over pairs weighted by each pair's `weight` (model/reward/objective.py). The best point
+by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full: per epoch, one by
+default). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
 mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 """
 
