@@ -151,9 +151,12 @@ def import_command(args, settings: Settings) -> int:
                 response = ls.projects.import_tasks(id=args.project, request=batch, return_task_ids=True)
                 ids += list(getattr(response, "task_ids", None) or [])
                 bar.update(len(batch))
-    except ApiError as exc:  # the SDK's message carries the status and body, never the token
+    except ApiError as exc:  # the body, not the SDK's message (that one holds the headers: a session cookie)
+        from backend.logs import RedactSecrets
+
+        body = RedactSecrets(settings.secrets()).redact(" ".join(str(exc.body).split()))[:500]
         print(f"rlhf-backend import: Label Studio at {settings.label_studio_url} answered "
-              f"{exc.status_code}: {exc.body}", file=sys.stderr)
+              f"{exc.status_code}: {body}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
         print(f"rlhf-backend import: cannot reach Label Studio at {settings.label_studio_url}: "

@@ -9,7 +9,8 @@ Every call goes through `LabelStudioClient._request` on the SDK's HTTP client (w
 and personal access tokens alike), and reads the JSON itself: the typed SDK methods parse every task into a
 pydantic model (slow at 10,000 tasks), ask for `fields=all` (every annotation and prediction serialized),
 send `ids=` where Label Studio reads `ids[]`, and lack the bulk endpoints. Errors carry the status, method,
-path and a short body excerpt, never the response's headers (Label Studio sets a session cookie on them).
+path and a short body excerpt, never the response's headers (Label Studio sets a session cookie on them);
+the excerpt has our key, cookies and anything token-like masked (backend/logs.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis
 from label_studio_sdk import LabelStudio
 
 from backend.config import Settings
+from backend.logs import RedactSecrets
 
 PAGE_SIZE = 1000      # tasks per page of a filtered task read (Label Studio's own maximum is larger)
 EXPORT_IDS = 200      # task ids per export request (they travel in the URL)
@@ -183,6 +185,7 @@ class LabelStudioClient:
         self.connection = connection
         self.sdk = LabelStudio(base_url=connection.url, api_key=connection.api_key, timeout=timeout)
         self.calls = 0  # HTTP requests made (benchmarks and logs count them)
+        self._redactor = RedactSecrets([connection.api_key])
 
     def _request(self, method: str, path: str, *, project: int | None = None, params=None, json_body=None):
         self.calls += 1
@@ -193,7 +196,8 @@ class LabelStudioClient:
             raise LabelStudioError(f"cannot reach Label Studio at {self.connection.url} ({method} /{path}): "
                                    f"{type(exc).__name__}") from None
         if response.status_code >= 400:
-            excerpt = " ".join(response.text[:ERROR_EXCERPT].split())
+            # Masked before it is cut: a cookie or token that Label Studio echoes is masked whole, not in part.
+            excerpt = self._redactor.redact(" ".join(response.text[:ERROR_EXCERPT * 20].split()))[:ERROR_EXCERPT]
             message = f"Label Studio answered {response.status_code} to {method} /{path}: {excerpt}"
             gone = project is not None and response.status_code in (403, 404)
             raise (ProjectGone if gone else LabelStudioError)(message, response.status_code)

@@ -5,13 +5,29 @@ from __future__ import annotations
 import logging
 import re
 
-# Credentials that can appear in URLs or headers even when they are not ours to know in advance
-# (e.g. the project creator's token that Label Studio sends in /setup).
+# Credentials that can appear in URLs, headers or the bodies Label Studio answers with, even when they are
+# not ours to know in advance (the project creator's token from /setup; a session cookie or a token that
+# Label Studio echoes in an error body). Each pattern keeps the name or scheme and masks the value.
+_VALUE = r"[^\s'\",;}&]+"
+_CREDENTIAL_NAME = r"[\w.-]*(?:session|csrf|xsrf|token(?!s)|secret|passw|api_?key|jwt)[\w.-]*"
 _PATTERNS = [
+    # Authorization: Token|Bearer|Basic <credential>
     re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:token|bearer|basic)\s+)[^\s'\",}]+"),
-    re.compile(r"(?i)((?:access_token|api_key|password|token)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}&]+"),
-    re.compile(r"(://[^:/@\s]+:)[^@/\s]+(@)"),  # user:password@host
+    # Set-Cookie / Cookie values, whole (sessionid=...; expires=...; csrftoken=...)
+    re.compile(r"(?i)(\b(?:set-)?cookie['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"),
+    # sessionid=, csrftoken=, access_token: "...", api_key=, password=, ... (a name that says credential)
+    re.compile(rf"(?i)((?<![\w.-]){_CREDENTIAL_NAME}['\"]?\s*[:=]\s*['\"]?){_VALUE}"),
+    re.compile(r"(://[^:/@\s]*:)[^@/\s]+(@)"),  # user:password@host (also :password@host)
 ]
+# "Bearer <token>", "Token <token>" outside a header: masked when the word after it looks like a credential,
+# so that prose ("legacy token authentication has been disabled") stays readable.
+_SCHEME_VALUE = re.compile(r"(?i)\b((?:bearer|token|basic|jwt)\s+)([\w.~+/=-]{12,})")
+_JWT = re.compile(r"\beyJ[\w-]{6,}(?:\.[\w-]*){0,2}")  # a JSON Web Token (Label Studio's personal access tokens)
+
+
+def _credential_like(word: str) -> bool:
+    return (any(c.isdigit() or c in "+/=" for c in word) or any(c.isupper() for c in word[1:])
+            or word.startswith("eyJ"))
 
 
 class RedactSecrets(logging.Filter):
@@ -22,6 +38,8 @@ class RedactSecrets(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
+        text = _JWT.sub("***", text)
+        text = _SCHEME_VALUE.sub(lambda m: m.group(1) + "***" if _credential_like(m.group(2)) else m.group(0), text)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + "***" + (m.group(2) if m.lastindex == 2 else ""), text)
         return text

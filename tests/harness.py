@@ -128,7 +128,8 @@ def poll(check, timeout: float, interval: float = 0.5, message: str = "condition
 class StubServer:
     """A local HTTP server standing in for a peer (Label Studio, an OpenAI server): records each request's
     path and Authorization header in `requests`, and answers what `respond(path, authorization, headers)`
-    returns as (status, JSON body)."""
+    returns: (status, JSON body), or (status, JSON body, response headers) as [(name, value)] pairs (a
+    name may repeat, as Set-Cookie does)."""
 
     def __init__(self, respond):
         import json
@@ -142,9 +143,11 @@ class StubServer:
             def do_GET(self):
                 authorization = self.headers.get("Authorization")
                 stub.requests.append((self.path, authorization))
-                status, body = respond(self.path, authorization, dict(self.headers))
+                status, body, *extra = respond(self.path, authorization, dict(self.headers))
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in extra[0] if extra else ():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -141,3 +141,67 @@ def test_basic_auth_and_no_secret_in_any_log(tmp_path, echo, private_redis):
                 break
     print("\n".join(leaks))
     assert not leaks, leaks
+
+
+# What Label Studio itself may hand back: a session cookie (14 days), its CSRF cookie, a personal access
+# token (a JWT) and someone's legacy token. None of them is configured here, so only their form gives them away.
+SESSION = "q8w7e6r5t4y3u2i1o0p9a8s7d6f5g4h3"
+CSRF = "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDc"
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsInVzZXJfaWQiOjF9."
+       "Q2hvc2VuU2lnbmF0dXJlMTIzNDU2Nzg5MA")
+LEGACY = "0f1e2d3c4b5a69788796a5b4c3d2e1f001234567"
+ECHOED = {"session cookie": SESSION, "CSRF cookie": CSRF, "JWT": JWT, "legacy token": LEGACY}
+
+
+def Leaky() -> StubServer:
+    """Label Studio answering errors with cookies and tokens in its headers and in the first 200 characters
+    of its body (the JWT runs across the 200th, where the excerpt is cut): 404 for project 5 (it is gone),
+    500 for everything else."""
+    headers = [("Set-Cookie", f"sessionid={SESSION}; expires=Thu, 17 Dec 2026 10:00:00 GMT; HttpOnly; "
+                              "Max-Age=1209600; Path=/; SameSite=Lax"),
+               ("Set-Cookie", f"csrftoken={CSRF}; Path=/"), ("Authorization", f"Bearer {JWT}"),
+               ("X-Token", LEGACY)]
+
+    def respond(path, authorization, request_headers):
+        if "project=5" in path or "/projects/5" in path:
+            return 404, {"detail": "Not found.", "set-cookie": f"sessionid={SESSION}; Path=/",
+                         "auth": f"Token {LEGACY}", "cookie": f"csrftoken={CSRF}"}, headers
+        return 500, {"detail": f"Server Error sessionid={SESSION}; csrftoken={CSRF}", "auth": f"Token {LEGACY}",
+                     "refresh": JWT}, headers
+    return StubServer(respond)
+
+
+def test_cookies_and_tokens_label_studio_answers_with_are_in_no_log_health_or_job_error(tmp_path, private_redis):
+    import redis
+
+    from backend.app import create_app
+    from backend.config import load_settings
+
+    leaky = Leaky()
+    env = backend_env(REDIS_URL=private_redis, QUEUE_PREFIX="rlhf-leaky", MODEL_DIR=tmp_path / "models",
+                      LABEL_STUDIO_URL=leaky.url, LABEL_STUDIO_API_KEY=LS_KEY, JOB_RETRIES=0, LOG_LEVEL="DEBUG")
+    client = create_app(load_settings(env), redis.Redis.from_url(private_redis)).test_client()
+    try:
+        for project in (4, 5):  # each /setup queues a catch-up: generation and training
+            r = client.post("/setup", json=dict(CAPTURED["setup"]["json"], project=f"{project}.1795778391"))
+            assert r.status_code == 200, r.text
+        worker = subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--burst"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=180)
+    finally:
+        leaky.close()
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    log = worker.stdout + worker.stderr
+    health = client.get("/health").get_json()
+    errors = [j["error"] for kind in client.get("/jobs").get_json().values() for j in kind["failed"]]
+
+    # The calls failed as meant, and what they say is still useful: status, method, path.
+    assert "Label Studio answered 500 to GET /api/" in health["label_studio"]["message"], health
+    assert errors and all("Label Studio answered 500 to GET /api/" in e for e in errors), errors
+    assert "project 5: Label Studio says it is gone (Label Studio answered 404 to GET /api/" in log, log[-3000:]
+    assert "Traceback" in log
+    texts = {"worker log": log, "/health": json.dumps(health), "/jobs' errors": "\n".join(errors)}
+    # Whole or cut at the excerpt's end: no 12 characters of any of them in a row.
+    leaks = [f"{name} in {where}: {line[:300]}" for where, text in texts.items() for line in text.splitlines()
+             for name, secret in ECHOED.items() if any(secret[i:i + 12] in line for i in range(len(secret) - 11))]
+    assert not leaks, "\n".join(leaks)
+    assert "sessionid=***" in log and "Token ***" in log  # masked, with the name left to read
