@@ -33,6 +33,7 @@ from backend.logs import RedactSecrets
 PAGE_SIZE = 1000      # tasks per page of a filtered task read (Label Studio's own maximum is larger)
 EXPORT_IDS = 200      # task ids per export request (they travel in the URL)
 ERROR_EXCERPT = 200   # characters of an error body kept in messages
+GONE_SECONDS = 7 * 24 * 3600  # how long a forgotten project's jobs queued before it was forgotten are skipped
 
 
 class LabelStudioUnavailable(RuntimeError):
@@ -78,6 +79,7 @@ class ProjectRegistry:
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping=fields)
         pipe.sadd(f"{self.prefix}:projects", project)
+        pipe.delete(self._gone_key(project))  # a forgotten project is back
         pipe.execute()
 
     def record_label_config(self, project: int, label_config: str) -> bool:
@@ -89,12 +91,22 @@ class ProjectRegistry:
         previous, _ = pipe.execute()
         return previous is None or previous.decode() != label_config
 
-    def forget(self, project: int) -> None:
-        """Label Studio says the project is gone: stop sweeping it (a new /setup brings it back)."""
+    def _gone_key(self, project: int) -> str:
+        return f"{self.prefix}:gone:{project}"
+
+    def forget(self, project: int) -> bool:
+        """Label Studio says the project is gone: stop sweeping it, and skip the jobs queued for it before now
+        (a new /setup brings it back). True for the one call that forgot it; later ones find it forgotten."""
         pipe = self.redis.pipeline()
         pipe.delete(self._key(project))
         pipe.srem(f"{self.prefix}:projects", project)
-        pipe.execute()
+        pipe.set(self._gone_key(project), time.time(), nx=True, ex=GONE_SECONDS)
+        return bool(pipe.execute()[-1])
+
+    def gone_since(self, project: int) -> float | None:
+        """When the project was forgotten (None: it was not, or it is back)."""
+        raw = self.redis.get(self._gone_key(project))
+        return float(raw) if raw else None
 
     def due_for_catch_up(self, project: int, interval: int) -> bool:
         """True at most once per `interval` seconds per project."""

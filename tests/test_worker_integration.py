@@ -113,6 +113,60 @@ def test_failed_jobs_are_listed_with_their_error(tmp_path, redis_conn, make_sett
     assert client.get("/metrics").get_json()["jobs"]["generate"]["failed"] == 1
 
 
+def test_a_project_label_studio_says_is_gone_is_forgotten_once_until_its_next_setup(tmp_path, make_settings, captured,
+                                                                                   recorder):
+    """Label Studio answers 404 for a project the backend remembers. Real workers, with retries on, and a
+    Redis of this test's own: the first worker's sweep finds it gone after one call, says so once, retries
+    nothing and skips the project's other queued jobs; the next worker start's sweep queues nothing for it;
+    a /setup brings it back."""
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+    from backend.labelstudio import ProjectRegistry
+
+    port = free_port()
+    rds = start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    connection = redis.Redis.from_url(url)
+    env = backend_env(REDIS_URL=url, QUEUE_PREFIX="rlhf-test", MODEL_DIR=tmp_path / "models", JOB_RETRIES=3,
+                      LABEL_STUDIO_URL=recorder.url, LABEL_STUDIO_API_KEY=CONFIGURED_KEY)
+    client = create_app(make_settings(REDIS_URL=url, JOB_RETRIES=3), connection).test_client()
+    registry = ProjectRegistry(connection, "rlhf-test")
+
+    def worker_start() -> str:  # a worker with its start-up sweep, until the queues are empty
+        proc = subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--burst"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    def jobs() -> list[Job]:
+        ids = [k.decode().split(":", 2)[2] for k in connection.keys("rq:job:*")]
+        return Job.fetch_many(ids, connection=connection)
+
+    try:
+        assert client.post("/setup", json=captured["setup"]["json"]).status_code == 200
+        assert registry.projects() == [4]
+        log = worker_start()
+        assert len(recorder.requests) == 1, recorder.requests  # the first job's first call; nothing after it
+        assert log.count("project 4: Label Studio says it is gone (Label Studio answered 404") == 1, log[-3000:]
+        assert registry.projects() == [] and registry.get(4) == {}
+        done = jobs()
+        assert {j.func.kind for j in done} == {"train", "generate", "refresh"}
+        assert all(j.get_status() == "finished" and j.return_value() == {"status": "forgotten", "project": 4}
+                   for j in done), [(j.id, j.get_status(), j.return_value()) for j in done]
+        for queue in JobQueue(connection, "rlhf-test", 60, 3).queues.values():  # no retry waits, none failed
+            assert ScheduledJobRegistry(queue=queue).count == 0 and FailedJobRegistry(queue=queue).count == 0
+
+        log = worker_start()
+        assert "for project 4" not in log and len(jobs()) == len(done) and len(recorder.requests) == 1
+
+        assert client.post("/setup", json=captured["setup"]["json"]).status_code == 200
+        assert registry.projects() == [4] and registry.gone_since(4) is None
+        log = worker_start()  # swept again: Label Studio is asked again, and it is forgotten again
+        assert len(recorder.requests) == 2 and log.count("project 4: Label Studio says it is gone") == 1
+    finally:
+        rds.stop(sig=signal.SIGKILL)
+
+
 def test_retries_back_off(redis_conn):
     queue = JobQueue(redis_conn, "rlhf-test", job_timeout=60, retries=3)
     job = Job.fetch(queue.enqueue(generate, 9).job_id, connection=redis_conn)

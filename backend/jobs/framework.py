@@ -136,6 +136,12 @@ def job(kind: str):
             ctx = context()
             rq_job = get_current_job()
             flags = ctx.queue.claim(kind, project, rq_job.id if rq_job is not None else None)
+            gone = ctx.registry.gone_since(project)
+            if gone is not None and rq_job is not None and rq_job.created_at.timestamp() <= gone:
+                # Queued before Label Studio said the project is gone (e.g. by the same sweep): nothing to ask.
+                ctx.queue.metrics.count_job(kind, "forgotten")
+                log.debug("project %s: skipping the %s job queued before the project was forgotten", project, kind)
+                return {"status": "forgotten", "project": project}
             ctx.clients.clear()
             try:
                 with ctx.project_lock(kind, project):
@@ -145,11 +151,12 @@ def job(kind: str):
                         rq_job.meta["ran"] = [ran_from, time.time()]
                         rq_job.save_meta()
             except ProjectGone as exc:
-                # Retrying cannot help, and the sweep would try again at every start: forget the project.
-                ctx.registry.forget(project)
+                # Retrying cannot help, and the sweep would try again at every start: forget the project, and
+                # say so once (jobs queued meanwhile may hear the same).
+                if ctx.registry.forget(project):
+                    log.warning("project %s: Label Studio says it is gone (%s); forgetting it until its next "
+                                "/setup", project, exc)
                 ctx.queue.metrics.count_job(kind, "forgotten")
-                log.warning("project %s: Label Studio says it is gone (%s); forgetting it until its next /setup",
-                            project, exc)
                 return {"status": "forgotten", "project": project}
             except Exception as exc:
                 ctx.queue.restore(kind, project, flags)
