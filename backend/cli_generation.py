@@ -64,9 +64,13 @@ def dataset_items(results, describe: dict, rng: random.Random, extras: list[dict
 def generate_command(args, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from model.folders import generator_problem
     from model.generation import load_generator
     from model.generation.types import GenerationError
 
+    # A local model is checked here (an OpenAI-compatible server's model is a name it serves, even a path).
+    if args.model and settings.generator == "local" and (problem := generator_problem(args.model)):
+        raise ConfigError(f"generate --model: {problem}")
     records = read_records(Path(args.prompts))
     prompts = [prompt_of(r) for r in records]
     # Keep any other keys of object records (ids, metadata) in the output items.
@@ -181,7 +185,8 @@ def register(subparsers) -> None:
                         'a prompt is text, an hh-rlhf transcript ("\\n\\nHuman: ...\\n\\nAssistant:") or a list '
                         'of chat messages [{"role", "content"}], and a conversation is answered as one')
     p.add_argument("-o", "--output", required=True, metavar="DATASET", help="where to write the dataset JSON")
-    p.add_argument("--model", help="overrides GENERATOR_MODEL: smollm2, a Hugging Face id, a folder or a .gguf")
+    p.add_argument("--model", help="overrides GENERATOR_MODEL: smollm2, a Hugging Face id, a .gguf, or a folder "
+                   "holding a causal LM (e.g. a generator version, MODEL_DIR/<project>/generator/v<N>)")
     p.add_argument("--max-new-tokens", type=int, help="overrides MAX_NEW_TOKENS: the longest answer in tokens")
     p.add_argument("--seed", type=int, help="overrides GENERATION_SEED; also fixes the answer order")
     p.add_argument("--batch-size", type=int, help="overrides GENERATION_BATCH_SIZE: prompts per forward pass")

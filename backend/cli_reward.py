@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -127,12 +128,20 @@ def train_command(args, settings: Settings) -> int:
 
 def eval_command(args, settings: Settings) -> int:
     from model.evaluation import both_orientations, margin_metrics, reliability_diagram
+    from model.folders import NotAModel, reward_model_folder
     from model.reward.model import RewardModel
 
+    try:
+        folder = reward_model_folder(args.model)
+    except NotAModel as exc:
+        raise ConfigError(f"eval --model: {exc}") from None
+    plot = _plot_path(args.plots, folder, args.data)
     pairs = _read(args.data, _fields(args))
     if not pairs:
         raise ConfigError(f"{args.data} holds no usable preference pairs")
-    model = RewardModel.load(args.model)
+    if folder != Path(args.model).expanduser():
+        print(f"scoring with {folder}", file=sys.stderr)
+    model = RewardModel.load(str(folder))
     bar, progress = _bar("scoring")
     margins = []
     with bar:
@@ -142,10 +151,9 @@ def eval_command(args, settings: Settings) -> int:
             margins += [c - x for c, x in zip(r[:len(chunk)], r[len(chunk):])]
             progress(len(margins) / len(pairs), f"{len(margins)}/{len(pairs)} pairs")
     result = margin_metrics(margins)
-    plot = Path(args.plot or "reliability.png")
     probs, labels = both_orientations(margins)
     reliability_diagram(probs, labels, plot, title=f"Reliability on {Path(args.data).name}")
-    result.update(model=str(args.model), data=str(args.data), reliability_plot=str(plot))
+    result.update(model=str(folder), data=str(args.data), reliability_plot=str(plot))
     if args.json:
         print(json.dumps(result))
     else:
@@ -153,6 +161,24 @@ def eval_command(args, settings: Settings) -> int:
               f"{result['ci_high']:.3f})\nECE: {result['ece']:.3f}\nmean margin: {result['mean_margin']:.3f}\n"
               f"reliability diagram: {plot}")
     return 0
+
+
+def _plot_path(plots: str | None, model: Path, data: str) -> Path:
+    """--plots: a folder (a .png name: that file); default the model's folder, beside its metrics.json.
+    Named after the data, so training's own reliability.png (on its held-out pairs) stays. Checked before
+    any scoring: a folder it cannot write to is said at once."""
+    if plots and plots.lower().endswith(".png"):
+        plot = Path(plots).expanduser()
+    else:
+        plot = (Path(plots).expanduser() if plots else model) / f"reliability-{Path(data).stem}.png"
+    try:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the folder {plot.parent} for the reliability diagram ({exc.strerror or exc})"
+                          "; choose another with --plots") from None
+    if not os.access(plot.parent, os.W_OK):
+        raise ConfigError(f"cannot write the reliability diagram into {plot.parent}; choose a folder with --plots")
+    return plot
 
 
 def _data_help() -> str:
@@ -232,8 +258,11 @@ def register(subparsers) -> None:
                     "P(chosen preferred), and a reliability diagram PNG.")
     p.add_argument("--data", required=True, metavar="FILE", help=_data_help())
     p.add_argument("--model", required=True, metavar="DIR", help="a version folder (or any "
-                   "AutoModelForSequenceClassification folder)")
-    p.add_argument("--plot", metavar="PNG", help="where to write the reliability diagram (default: reliability.png)")
+                   "AutoModelForSequenceClassification folder), a project's folder of versions (its current "
+                   "version), or a version store's root holding one project (train --out's DIR)")
+    p.add_argument("--plots", metavar="DIR", help="folder for the reliability diagram, "
+                   "reliability-<data file's name>.png, or a .png file name (default: the model's folder, beside "
+                   "its metrics.json)")
     p.add_argument("--label-config", metavar="XML", help="the project's label config, for renamed fields")
     p.add_argument("--json", action="store_true", help="print one JSON object (n, accuracy, ci_low, ci_high, "
                    "ece, mean_margin, reliability_plot)")

@@ -79,6 +79,24 @@ def test_generate_command_writes_the_dataset(tmp_path, capsys):
     assert json.loads(again.read_text()) == items
 
 
+def test_generate_with_a_reward_model_says_what_was_expected_in_one_line(tmp_path, capsys, monkeypatch):
+    from backend.cli import main
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("backend.cli.setup_logging", lambda *args: None)  # leave pytest's logging alone
+    version = tmp_path / "models" / "4" / "v1"
+    version.mkdir(parents=True)
+    (version / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write a poem.\n")
+    assert main(["generate", str(prompts), "-o", str(tmp_path / "out.json"), "--model", str(version)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"rlhf-backend: generate --model: {version} holds a reward model (BertForSequenceClassification), "
+                   "not a generator: expected smollm2, a Hugging Face id, a .gguf file or a folder holding a causal "
+                   "LM (a save_pretrained folder, or a generator version such as MODEL_DIR/4/generator/v2)\n")
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_build_tasks_fills_missing_answers_and_renames_to_the_project_fields():
     fields = TaskFields(pairwise="cmp", prompt="question", left="left", right="right")
     records = ["Name a colour.",

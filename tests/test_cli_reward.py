@@ -55,7 +55,7 @@ def test_export_with_renamed_fields_from_a_label_config(tmp_path, capsys):
     assert code == 0 and json.loads(out.read_text()) == {"prompt": "Q", "chosen": "B", "rejected": "A", "both_bad": False}
 
 
-def test_train_then_eval(tmp_path, capsys):
+def test_train_then_eval(tmp_path, capsys, monkeypatch):
     encoder = tiny_encoder(tmp_path / "enc")
     data = tmp_path / "train.jsonl"
     write_trl_jsonl(synthetic(80), data)
@@ -70,12 +70,36 @@ def test_train_then_eval(tmp_path, capsys):
 
     test = tmp_path / "test.jsonl"
     write_trl_jsonl(synthetic(40, seed=1), test)
-    plot = tmp_path / "rel.png"
-    code, io = run(["eval", "--data", str(test), "--model", str(version), "--json", "--plot", str(plot)],
-                   tmp_path, capsys)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    # The store `train --out` wrote names its current version; the plot goes beside the version's metrics.
+    code, io = run(["eval", "--data", str(test), "--model", str(tmp_path / "store"), "--json"], tmp_path, capsys)
     result = json.loads(io.out)
     assert code == 0 and result["n"] == 40 and result["ci_low"] <= result["accuracy"] <= result["ci_high"]
-    assert result["accuracy"] > 0.9 and 0 <= result["ece"] <= 1 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert result["accuracy"] > 0.9 and 0 <= result["ece"] <= 1 and result["model"] == str(version)
+    plot = version / "reliability-test.png"
+    assert result["reliability_plot"] == str(plot) and plot.read_bytes()[:4] == b"\x89PNG"
+    assert (version / "reliability.png").is_file() and f"scoring with {version}" in io.err  # training's stays
+    assert list(Path.cwd().iterdir()) == []  # nothing in the working directory
+
+    code, io = run(["eval", "--data", str(test), "--model", str(version), "--plots", str(tmp_path / "plots")],
+                   tmp_path, capsys)
+    assert code == 0 and (tmp_path / "plots" / "reliability-test.png").is_file()
+    assert f"reliability diagram: {tmp_path / 'plots' / 'reliability-test.png'}" in io.out
+
+
+def test_eval_of_something_that_is_no_reward_model_says_what_was_expected_in_one_line(tmp_path, capsys, monkeypatch):
+    from backend.cli import main
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("backend.cli.setup_logging", lambda *args: None)  # leave pytest's logging alone
+    data = tmp_path / "test.jsonl"
+    write_trl_jsonl(synthetic(4), data)
+    (tmp_path / "notes").mkdir()
+    code = main(["eval", "--data", str(data), "--model", str(tmp_path / "notes")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"rlhf-backend: eval --model: {tmp_path / 'notes'} holds no model") and "expected" in err
 
 
 def test_train_without_out_writes_into_model_dir(tmp_path, capsys):
