@@ -84,7 +84,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
-                         members=args.full_members if mode == "full" else 1)
+                         members=args.full_members if mode == "full" else 1, calibrate=args.calibrate)
     if mode == "full" and args.average_epochs:
         config = dataclasses.replace(config, average_epochs=args.average_epochs)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
@@ -197,7 +197,7 @@ def section_full(train, test, args, work, results):
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
                 "members": m["members"], "bf16": m["bf16"],
                 "average_epochs": m["average_epochs"], "val_accuracy": m["val_accuracy"],
-                "val_loss": m["val_loss"], **scored}
+                "val_loss": m["val_loss"], "temperature": m.get("temperature"), **scored}
 
     per_seed("full", results, args, run_one)
 
@@ -261,6 +261,8 @@ def main() -> int:
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
                              "instead of mean pooling), trl, full")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="ours: fit a temperature on the held-out pairs (TrainConfig.calibrate)")
     parser.add_argument("--feature-cache", type=Path,
                         help="fast mode: a persistent feature cache folder (default: an empty one, so the first "
                              "training encodes every text)")

@@ -9,6 +9,7 @@ is replaced with `os.replace`, so a reader sees the old version or the new one, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 POINTER = "current"
 VERSION_RE = re.compile(r"^v(\d+)$")
@@ -59,10 +62,20 @@ class VersionStore:
         return self.project_dir(project) / version
 
     def metrics(self, project: int | str, version: str) -> dict:
+        """The version's metrics.json; {} if absent, and {} with a warning naming the file if it cannot be read
+        (the version is still served)."""
+        path = self.path(project, version) / "metrics.json"
         try:
-            return json.loads((self.path(project, version) / "metrics.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("cannot read %s (%s); going on without it", path, exc)
+            return {}
+        if not isinstance(record, dict):
+            log.warning("cannot read %s (not a JSON object); going on without it", path)
+            return {}
+        return record
 
     @contextmanager
     def new_version(self, project: int | str) -> Iterator[PendingVersion]:

@@ -56,3 +56,17 @@ def test_a_writer_killed_mid_save_leaves_no_visible_version(tmp_path):
 def test_activate_refuses_missing_version(tmp_path):
     with pytest.raises(FileNotFoundError):
         VersionStore(tmp_path).activate(1, "v9")
+
+
+@pytest.mark.parametrize("content", [b'{"val_accuracy": 0.7', b"\xff\xfe", b"[1, 2]"], ids=["cut", "not-utf8", "list"])
+def test_an_unreadable_metrics_file_is_a_warning_naming_it_not_an_empty_record_in_silence(tmp_path, caplog, content):
+    store = VersionStore(tmp_path)
+    with store.new_version(4) as pending:
+        (pending.path / "metrics.json").write_bytes(content)
+    store.activate(4, pending.name)
+    with caplog.at_level("WARNING", logger="model.store"):
+        assert store.metrics(4, "v1") == {}  # the version is still there to serve
+    named = f"cannot read {tmp_path / '4' / 'v1' / 'metrics.json'}"
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [named]
+    caplog.clear()
+    assert store.metrics(4, "v9") == {} and caplog.records == []  # absent is no problem

@@ -1,5 +1,6 @@
 """Bradley-Terry training on the tiny random BERT: a synthetic task with a known better answer."""
 
+import dataclasses
 import json
 import random
 
@@ -323,3 +324,29 @@ def test_a_pair_of_weight_two_trains_as_that_pair_twice(encoder, pairs, tmp_path
     close = lambda a, b: all(torch.allclose(a[n], b[n], atol=1e-5) for n in a if n != "classifier.bias")
     assert close(saved["weighted"], saved["twice"])
     assert not close(saved["weighted"], saved["unweighted"])
+
+
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with():
+    from model.reward.calibration import fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(20000, generator=gen) * 3
+    chosen_first = torch.rand(20000, generator=gen) < torch.sigmoid(scores / 2.0)  # P(first preferred), T = 2
+    margins = torch.where(chosen_first, scores, -scores)  # chosen minus rejected
+    assert fit_temperature(margins.tolist()) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature((margins / 2).tolist()) == pytest.approx(1.0, rel=0.1)
+
+
+@pytest.mark.slow
+def test_calibration_divides_the_saved_rewards_by_the_temperature_and_keeps_the_ranking(encoder, pairs, tmp_path):
+    cfg = config(encoder, "full", epochs=2)
+    plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
+    plain.mkdir(), calibrated.mkdir()
+    before = train_reward_model(pairs[:120], cfg, plain)
+    after = train_reward_model(pairs[:120], dataclasses.replace(cfg, calibrate=True), calibrated)
+    t = after["temperature"]
+    assert t != 1.0 and "temperature" not in before
+    prompts, answers = [p.prompt for p in pairs[:20]], [p.chosen for p in pairs[:20]]
+    rewards = RewardModel.load(plain).rewards(prompts, answers)
+    assert RewardModel.load(calibrated).rewards(prompts, answers) == pytest.approx([r / t for r in rewards], abs=1e-4)
+    assert after["val_accuracy"] == before["val_accuracy"] and after["val_loss"] <= before["val_loss"] + 1e-6

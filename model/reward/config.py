@@ -36,6 +36,7 @@ class TrainConfig:
     dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
     bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
     eval_batch_size: int = 32
+    calibrate: bool = False           # divide the rewards by a temperature fitted on the held-out pairs
 
     def __post_init__(self):
         if self.mode not in MODE_DEFAULTS:

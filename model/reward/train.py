@@ -24,6 +24,7 @@ from typing import Callable
 
 from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
 from model.pairs import PreferencePair
+from model.reward.calibration import fit_temperature, scale_rewards
 from model.reward.config import TrainConfig
 from model.reward.fast import train_fast
 from model.reward.full import train_full
@@ -86,6 +87,11 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     extra: dict = {"pooling": pooling}
     trainer = train_fast if config.mode == "fast" else train_full
     history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
+    if config.calibrate and val:
+        temperature = fit_temperature(margins, pair_weights(val))
+        if scale_rewards(model, 1 / temperature):
+            margins, rewards = [m / temperature for m in margins], [r / temperature for r in rewards]
+            extra["temperature"] = temperature
     train_seconds = time.perf_counter() - started
 
     report(0.96, "saving")
