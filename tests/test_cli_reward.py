@@ -55,6 +55,7 @@ def test_export_with_renamed_fields_from_a_label_config(tmp_path, capsys):
     assert code == 0 and json.loads(out.read_text()) == {"prompt": "Q", "chosen": "B", "rejected": "A", "both_bad": False}
 
 
+@pytest.mark.slow
 def test_train_then_eval(tmp_path, capsys, monkeypatch):
     encoder = tiny_encoder(tmp_path / "enc")
     data = tmp_path / "train.jsonl"
@@ -102,6 +103,7 @@ def test_eval_of_something_that_is_no_reward_model_says_what_was_expected_in_one
     assert err.startswith(f"rlhf-backend: eval --model: {tmp_path / 'notes'} holds no model") and "expected" in err
 
 
+@pytest.mark.slow
 def test_train_without_out_writes_into_model_dir(tmp_path, capsys):
     encoder = tiny_encoder(tmp_path / "enc")
     data = tmp_path / "train.jsonl"
@@ -112,6 +114,7 @@ def test_train_without_out_writes_into_model_dir(tmp_path, capsys):
     assert "no held-out split" in io.err and len(read_pairs(data)) == 6
 
 
+@pytest.mark.slow
 def test_train_full_mode_options_reach_the_training(tmp_path, capsys):
     encoder = tiny_encoder(tmp_path / "enc")
     data = tmp_path / "train.jsonl"

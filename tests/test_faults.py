@@ -82,6 +82,7 @@ def derived_version(model_dir: Path, project: int, source: str, seed: int) -> st
 
 # ---------------------------------------------------------------- Label Studio down during a job
 
+@pytest.mark.integration
 def test_label_studio_down_retries_with_backoff_then_fails_and_the_worker_lives_on(tmp_path, redis_conn,
                                                                                      make_settings):
     from backend.app import create_app
@@ -158,6 +159,7 @@ def expected_scores(model_dir: Path, names: list[str], task: dict) -> dict[str, 
     return scores
 
 
+@pytest.mark.integration
 def test_versions_swap_under_concurrent_predict(tmp_path, redis_conn, versions_for_swap):
     from model.store import VersionStore
 

@@ -254,6 +254,7 @@ def real_server(tiny_reward, tmp_path_factory):
 @settings(max_examples=max(20, EXAMPLES // 3), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=request_cases)
+@pytest.mark.integration
 def test_generated_bad_requests_against_the_real_server(real_server, case):
     url, server = real_server
     method, path, body, must_be_4xx = case
@@ -266,6 +267,7 @@ def test_generated_bad_requests_against_the_real_server(real_server, case):
     assert server.popen.poll() is None
 
 
+@pytest.mark.integration
 def test_real_server_rejects_oversized_bodies_and_keeps_serving(real_server):
     url, server = real_server
     big = b"[" + b"0," * (2**20) + b"0]"  # ~2 MiB, limit 1 MiB

@@ -17,6 +17,8 @@ import requests
 from conftest import FIXTURES, ROOT
 from harness import Process, StubServer, backend_env, free_port, poll, start_backend
 
+pytestmark = pytest.mark.integration
+
 CAPTURED = json.loads((FIXTURES / "ls-1.23.2-ml-requests.json").read_text())
 USER = "ls-basic-user"
 PASSWORD = "basic-pass-6f1d2c9e8b"

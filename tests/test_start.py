@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import requests
 from rq import Worker
 
 from conftest import REDIS_URL, ROOT
 from harness import backend_env, free_port, poll
+
+pytestmark = pytest.mark.integration
 
 
 def live_worker_pids(redis_conn) -> set[int]:

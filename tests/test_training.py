@@ -15,6 +15,8 @@ from model.reward.model import RewardModel
 from model.reward.features import FeatureCache
 from model.reward.train import split_pairs, train_reward_model
 
+pytestmark = pytest.mark.slow
+
 WORDS = "the quick brown fox jumps over lazy dog sea wind sky poem capital France Paris reward model".split()
 REQUIRED = {"n_pairs", "n_train", "n_val", "val_accuracy", "val_accuracy_ci", "val_loss", "mean_margin",
             "reward_mean", "reward_std", "ece", "base_model", "mode", "max_length", "train_seconds"}

@@ -9,16 +9,17 @@ import math
 
 import pytest
 import torch
-from datasets import load_dataset
 from test_cli_reward import FIXTURES, run, synthetic
 from tiny_models import tiny_causal_lm, tiny_encoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from trl import RewardConfig, RewardTrainer
 
 from model.pairs import read_pairs, write_trl_jsonl
 from model.reward.config import TrainConfig
 from model.reward.model import RewardModel, trl_reward_function
 from model.reward.train import train_reward_model
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,9 @@ def version(tmp_path_factory):
 
 
 def test_the_export_trains_with_trls_reward_trainer_from_a_saved_version(version, tmp_path, capsys):
+    from datasets import load_dataset  # imported here: collecting the fast set need not load TRL's trainer
+    from trl import RewardConfig, RewardTrainer
+
     exported = tmp_path / "pairs.jsonl"
     code, _ = run(["export", "--from", str(FIXTURES / "ls-1.23.2-export-JSON.json"), "-o", str(exported)],
                   tmp_path, capsys)

@@ -19,6 +19,8 @@ from backend.queue import JobQueue
 from conftest import REDIS_URL, ROOT
 from harness import Process, StubServer, backend_env, free_port, poll, start_redis
 
+pytestmark = pytest.mark.integration
+
 CONFIGURED_KEY = "configured-ls-key-0123456789"
 SETUP_TOKEN = "token-from-setup-9876543210"
 
