@@ -148,7 +148,7 @@ def config_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from backend import cli_generation, cli_report, cli_reward
+    from backend import cli_generation, cli_report, cli_reward, cli_tuning
 
     parser = argparse.ArgumentParser(
         prog="rlhf-backend", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_generation.register(commands)
     cli_reward.register(commands)
     cli_report.register(commands)
+    cli_tuning.register(commands)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""Reward-model versions on disk: complete or absent, with an atomically moved `current` pointer.
+"""Model versions on disk: complete or absent, with an atomically moved `current` pointer.
 
-Layout: ``<root>/<project>/<version>/`` (a `save_pretrained` folder plus metrics) and
-``<root>/<project>/current`` (a one-line file naming the served version). A version is written into a
-hidden temporary folder and renamed into place, so a reader never sees a half-written one; the pointer
-is replaced with `os.replace`, so a reader sees the old version or the new one, never neither.
+Layout: reward models in ``<root>/<project>/<version>/`` (a `save_pretrained` folder plus metrics) with
+``<root>/<project>/current`` (a one-line file naming the served version); generator versions beside them in
+``<root>/<project>/generator/<version>/`` with their own ``generator/current`` (`VersionStore(root,
+GENERATOR)`; no pointer: the configured generator is served). A version is written into a hidden temporary
+folder and renamed into place, so a reader never sees a half-written one; the pointer is replaced with
+`os.replace`, so a reader sees the old version or the new one, never neither.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 POINTER = "current"
+REWARD, GENERATOR = "reward", "generator"  # kinds of versions; a generator's live in <project>/generator/
 VERSION_RE = re.compile(r"^v(\d+)$")
 STALE_TMP_SECONDS = 3600  # a temp folder this old belongs to a writer that died
 
@@ -34,11 +37,15 @@ class PendingVersion:
 
 
 class VersionStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, kind: str = REWARD):
+        if kind not in (REWARD, GENERATOR):
+            raise ValueError(f"unknown kind of version {kind!r}: use {REWARD!r} or {GENERATOR!r}")
         self.root = Path(root)
+        self.kind = kind
 
     def project_dir(self, project: int | str) -> Path:
-        return self.root / str(project)
+        folder = self.root / str(project)
+        return folder if self.kind == REWARD else folder / GENERATOR
 
     def versions(self, project: int | str) -> list[str]:
         """Complete versions, oldest first."""
@@ -61,10 +68,10 @@ class VersionStore:
             raise ValueError(f"not a version name: {version!r} (expected v<number>)")
         return self.project_dir(project) / version
 
-    def metrics(self, project: int | str, version: str) -> dict:
-        """The version's metrics.json; {} if absent, and {} with a warning naming the file if it cannot be read
-        (the version is still served)."""
-        path = self.path(project, version) / "metrics.json"
+    def metrics(self, project: int | str, version: str, name: str = "metrics.json") -> dict:
+        """A JSON record in a version's folder (a generator's: tuning.json, evaluation.json); {} if absent, and
+        {} with a warning naming the file if it cannot be read (the version is still served)."""
+        path = self.path(project, version) / name
         try:
             record = json.loads(path.read_text())
         except FileNotFoundError:
@@ -115,6 +122,13 @@ class VersionStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, folder / POINTER)
+
+    def deactivate(self, project: int | str) -> None:
+        """Remove the pointer (atomically): no version is current, so the configured model is served."""
+        try:
+            os.unlink(self.project_dir(project) / POINTER)
+        except FileNotFoundError:
+            pass
 
     def prune(self, project: int | str, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions (never the current one) and stale temp folders."""
