@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
 REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/redis.sh
-# The report test renders the page in a real headless browser (Debian's chromium); best effort.
-if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser check will skip" >&2
+# The report test renders the page in a real headless browser (Debian's chromium), and the browser test drives
+# Label Studio's UI through chromedriver (Debian's chromium-driver); best effort.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: the browser checks will skip" >&2
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest -ra "$@"

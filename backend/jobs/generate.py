@@ -82,3 +82,7 @@ def _predict(ctx, ls, project: int, fields, tasks: list[dict]) -> None:
     tasks = [t for t in tasks if t["id"] not in done]  # a rescan meets tasks that have one already
     items = score_tasks(scorer.model, scorer.version, tasks, fields)
     write_predictions(ctx, ls, project, scorer.version, [(t["id"], item) for t, item in zip(tasks, items) if item])
+    if written(ctx, project).complete() != scorer.version:
+        # Label Studio's score column and sort by score count only the project's model version's predictions:
+        # the refresh points the project at this one (the zero-shot version, before any training, has no other).
+        ctx.queue.enqueue(refresh, project)
