@@ -102,9 +102,9 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
     class EditsWhileGenerating:
         """The real generator; while it runs, a person edits task 2 through Label Studio's API."""
 
-        def generate(self, prompts, progress=None):
+        def generate(self, prompts, progress=None, candidates=2):
             ls.tasks.update(id=str(ids[1]), data=human)
-            return real.generate(prompts, progress)
+            return real.generate(prompts, progress, candidates=candidates)
 
         def describe(self):
             return real.describe()
