@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import LS_TOKEN, ensure_label_studio, free_port, wait_for  # noqa: E402
+from harness import LS_TOKEN, ensure_label_studio, free_port, proc_status, tree_rss_mib, wait_for  # noqa: E402
 
 KINDS = ("train", "refresh", "report", "generate", "maintenance")  # the backend's RQ queues (some absent before)
 IMPORT_CHUNK = 5000
@@ -108,33 +108,6 @@ class Proc:
         for f in (self.out, self.err):
             if f:
                 f.close()
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM ... of `pid` in KiB (empty once it is gone)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if v.strip().endswith("kB")}
-
-
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of `pid` and its descendants (gunicorn's master and workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        total += proc_status(p).get("VmRSS", 0)
-    return total / 1024
 
 
 def start_redis(folder: Path) -> tuple[Proc, int]:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import backend_env, start_backend, warm_up_predict  # noqa: E402
+from harness import backend_env, start_backend, tree_rss_mib, warm_up_predict  # noqa: E402
 
 PROJECT = 1
 
@@ -74,29 +74,6 @@ def predict_body(captured: dict, n_tasks: int) -> dict:
         tasks.append(task)
     body["tasks"], body["project"] = tasks, f"{PROJECT}.1795778391"
     return body
-
-
-def rss_mib(pid: int) -> float:
-    """RSS of `pid` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def run_cell(url: str, body: dict, clients: int, duration: float, warmup: float) -> dict:
@@ -168,11 +145,11 @@ def main() -> None:
     if args.torch_threads:
         settings["TORCH_THREADS"] = args.torch_threads
     server, _, url = start_backend(backend_env(**settings), work, worker=False)
-    idle = rss_mib(server.popen.pid)
+    idle = tree_rss_mib(server.popen.pid)
     try:
         warm_up_predict(url, predict_body(captured, 1), args.workers * args.threads)
         print(f"server: WORKERS={args.workers} THREADS={args.threads}, {os.cpu_count()} CPUs; "
-              f"RSS before the first /predict {idle:.0f} MiB, after warm-up {rss_mib(server.popen.pid):.0f} MiB",
+              f"RSS before the first /predict {idle:.0f} MiB, after warm-up {tree_rss_mib(server.popen.pid):.0f} MiB",
               flush=True)
         print(f"{'tasks':>5} {'clients':>7} {'reqs':>6} {'err':>4} {'req/s':>7} {'tasks/s':>8} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'max ms':>8} {'RSS MiB':>8}", flush=True)
@@ -182,7 +159,7 @@ def main() -> None:
                 r = run_cell(url, body, clients, args.duration, args.warmup)
                 print(f"{n_tasks:>5} {clients:>7} {r['requests']:>6} {r['errors']:>4} {r['rps']:>7.1f} "
                       f"{r['tasks_per_s']:>8.1f} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['max_ms']:>8.0f} "
-                      f"{rss_mib(server.popen.pid):>8.0f}" + (f"  first error: {r['first_error']}" if r["errors"]
+                      f"{tree_rss_mib(server.popen.pid):>8.0f}" + (f"  first error: {r['first_error']}" if r["errors"]
                                                                else ""), flush=True)
     finally:
         server.stop()

@@ -183,6 +183,33 @@ def warm_up_predict(url: str, body: dict, clients: int, timeout: float = 300) ->
                 raise TimeoutError("the server did not warm up")
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM ... of `pid` in KiB (empty once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if v.strip().endswith("kB")}
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of `pid` and its descendants (gunicorn's master and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        total += proc_status(p).get("VmRSS", 0)
+    return total / 1024
+
+
 def start_redis(port: int, folder: Path) -> Process:
     """A Redis of its own, without persistence: a restart comes back empty (the worst case)."""
     process = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
