@@ -148,7 +148,7 @@ def config_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from backend import cli_generation, cli_report, cli_reward, cli_tuning
+    from backend import cli_arena, cli_generation, cli_report, cli_reward, cli_tuning
 
     parser = argparse.ArgumentParser(
         prog="rlhf-backend", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_reward.register(commands)
     cli_report.register(commands)
     cli_tuning.register(commands)
+    cli_arena.register(commands)
     return parser
 
 

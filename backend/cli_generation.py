@@ -132,13 +132,11 @@ def build_tasks(records: list, fields: TaskFields | RankerFields = DEFAULT_FIELD
     return tasks
 
 
-def import_command(args, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from backend.labels import parse_label_config
-
+def with_label_studio(settings: Settings, command: str, work) -> int:
+    """`work(ls)` with a Label Studio SDK client; Label Studio's errors become one line (its answer's body,
+    masked, never the SDK's message: that one holds the headers, a session cookie)."""
     if not settings.label_studio_url or not settings.label_studio_api_key:
-        raise ConfigError("import needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (Label Studio > "
+        raise ConfigError(f"{command} needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (Label Studio > "
                           "Account & Settings > Access Token)")
     import httpx
     from label_studio_sdk import LabelStudio
@@ -146,29 +144,46 @@ def import_command(args, settings: Settings) -> int:
 
     ls = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
     try:
-        fields = parse_label_config(ls.projects.get(id=args.project).label_config)
-        tasks = build_tasks(read_records(Path(args.file)), fields)
-        ids = []
-        with tqdm(total=len(tasks), unit="task", file=sys.stderr, desc="importing") as bar:
-            for start in range(0, len(tasks), args.batch_size):
-                batch = tasks[start:start + args.batch_size]
-                response = ls.projects.import_tasks(id=args.project, request=batch, return_task_ids=True)
-                ids += list(getattr(response, "task_ids", None) or [])
-                bar.update(len(batch))
-    except ApiError as exc:  # the body, not the SDK's message (that one holds the headers: a session cookie)
+        return work(ls)
+    except ApiError as exc:
         from backend.logs import RedactSecrets
 
         body = RedactSecrets(settings.secrets()).redact(" ".join(str(exc.body).split()))[:500]
-        print(f"rlhf-backend import: Label Studio at {settings.label_studio_url} answered "
+        print(f"rlhf-backend {command}: Label Studio at {settings.label_studio_url} answered "
               f"{exc.status_code}: {body}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"rlhf-backend import: cannot reach Label Studio at {settings.label_studio_url}: "
+        print(f"rlhf-backend {command}: cannot reach Label Studio at {settings.label_studio_url}: "
               f"{type(exc).__name__}", file=sys.stderr)
         return 1
-    print(f"imported {len(tasks)} tasks into project {args.project}"
-          + (f" (ids {ids[0]}..{ids[-1]})" if ids else ""), file=sys.stderr)
-    return 0
+
+
+def import_tasks(ls, project: int, tasks: list[dict], batch_size: int = IMPORT_BATCH) -> list[int]:
+    """Import `tasks` into `project` in batches, with a progress bar; the new tasks' ids."""
+    from tqdm import tqdm
+
+    ids = []
+    with tqdm(total=len(tasks), unit="task", file=sys.stderr, desc="importing") as bar:
+        for start in range(0, len(tasks), batch_size):
+            batch = tasks[start:start + batch_size]
+            response = ls.projects.import_tasks(id=project, request=batch, return_task_ids=True)
+            ids += list(getattr(response, "task_ids", None) or [])
+            bar.update(len(batch))
+    return ids
+
+
+def import_command(args, settings: Settings) -> int:
+    from backend.labels import parse_label_config
+
+    def work(ls):
+        fields = parse_label_config(ls.projects.get(id=args.project).label_config)
+        tasks = build_tasks(read_records(Path(args.file)), fields)
+        ids = import_tasks(ls, args.project, tasks, args.batch_size)
+        print(f"imported {len(tasks)} tasks into project {args.project}"
+              + (f" (ids {ids[0]}..{ids[-1]})" if ids else ""), file=sys.stderr)
+        return 0
+
+    return with_label_studio(settings, "import", work)
 
 
 def register(subparsers) -> None:

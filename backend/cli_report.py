@@ -73,7 +73,9 @@ def register(subparsers) -> None:
                     "versions). Pairwise: labelled count and rate, agreement, left-pick share (position bias). "
                     "Ranker: the model's order against the annotator's (Kendall tau), agreement between "
                     "annotators, first place by displayed slot (position bias), rankings submitted as shown. "
-                    "Both: learning curve, calibration and metrics per model version, annotator lead times.",
+                    "Both: learning curve, calibration and metrics per model version, annotator lead times. A Pairwise "
+                    "project with tasks from `rlhf-backend arena` also gets the human win rate between the generator "
+                    "versions they pair, with a Wilson 95% interval.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--project", type=int, help="Label Studio project id (read through LABEL_STUDIO_URL/_API_KEY)")

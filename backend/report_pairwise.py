@@ -10,12 +10,15 @@ from backend.report_figures import plot_intervals
 from backend.report_html import FLAG, card, cards, fmt, note, plural, table, task_tags, with_interval
 from backend.report_sources import JSON
 from model import stats
+from model.arena import arena_results, reading
 from model.pairs import TaskFields, pairs_from_tasks
 
 PAIRWISE_SECTIONS = [("summary", "Summary"), ("progress", "Labelled count and rate"), ("agreement", "Agreement"),
                      ("position-bias", "Left-pick share (position bias)"), ("learning-curve", "Learning curve"),
                      ("calibration", "Calibration"), ("versions", "Model versions"),
                      ("lead-times", "Annotator lead times")]
+# Only on the page of a project with arena tasks (`rlhf-backend arena`), right after the summary.
+ARENA_SECTION = ("arena", "Generator versions judged by annotators")
 
 
 def pairwise_report(tasks: list[dict], fields: TaskFields, versions: list[dict], features, *,
@@ -36,7 +39,11 @@ def pairwise_report(tasks: list[dict], fields: TaskFields, versions: list[dict],
         "lead-times": shared.lead_times(items),
     }
     subtitle = f'{plural(counts["annotations"], "annotation")} on {plural(counts["labelled_tasks"], "task")}'
-    return subtitle, [(sid, name, bodies[sid]) for sid, name in PAIRWISE_SECTIONS]
+    sections = [(sid, name, bodies[sid]) for sid, name in PAIRWISE_SECTIONS]
+    arena = arena_results(tasks, fields, choices_name or fields.judgement)
+    if arena:
+        sections.insert(1, (*ARENA_SECTION, _arena(arena, skips_known=export_format == JSON)))
+    return subtitle, sections
 
 
 def _summary(counts: dict, bias: dict, agree: dict, versions: list[dict], skips_known: bool) -> str:
@@ -90,3 +97,25 @@ def _position_bias(bias: dict) -> str:
     return plot + rows_html + note("Answers are shown in random order, so an unbiased annotator picks left about "
                                    "half the time. Red: the interval excludes 50%, a sign of an annotator (or UI) "
                                    "side bias. Ties are not counted.")
+
+
+def _arena(rows: list[dict], skips_known: bool) -> str:
+    judged = [r for r in rows if r["n"]]
+    out = [plot_intervals([{"name": f'{r["b"]} vs {r["a"]}', "value": r["win_rate"], "low": r["win_rate_ci"][0],
+                            "high": r["win_rate_ci"][1]} for r in judged],
+                          "Human win rate of the later version", "share of verdicts for B (Wilson 95% interval)", 0.5)
+           ] if judged else []
+    out.append(table(["A", "B", "verdicts", "B picked", "A picked", "ties", "win rate of B [95% CI]", "skipped",
+                      "tasks labelled"],
+                     [[fmt(r["a"]), fmt(r["b"]), str(r["n"]), str(r["wins"]), str(r["losses"]), str(r["ties"]),
+                       f'{r["win_rate"]:.1%} <span class="ci">[{r["win_rate_ci"][0]:.1%}, {r["win_rate_ci"][1]:.1%}]'
+                       '</span>' if r["n"] else "–", str(r["skipped"]) if skips_known else "–",
+                       f'{r["labelled_tasks"]} / {r["tasks"]}'] for r in rows]))
+    out.append("".join(f"<p><b>{fmt(reading(r))}</b></p>" for r in rows))
+    out.append(note("Tasks imported by <code>rlhf-backend arena</code> show one answer of each version, on random "
+                    "sides. A verdict is one submitted annotation: a pick counts for the version that wrote the "
+                    "picked answer, a tie (or both bad without a side) half for each; skipped tasks are no verdicts. "
+                    "B is the later version of the two (base, then v1, v2, ...). Several annotators of one task each "
+                    "give a verdict, which makes the Wilson interval somewhat too narrow. These labels are also "
+                    "ordinary preference pairs for the reward model and for tuning."))
+    return "".join(out)
