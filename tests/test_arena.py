@@ -193,3 +193,11 @@ def test_help_is_there(capsys):
         parser().parse_args(["arena", "--help"])
     out = capsys.readouterr().out
     assert "--project N" in out and "Wilson" in out
+
+
+def test_the_report_job_page_has_the_section(make_settings):
+    from backend.report import write_report
+
+    settings = make_settings()
+    path = write_report(settings, 7, hand_checked_export(), DEFAULT_FIELDS, learning_curve=False)
+    assert "v2 preferred in 77%" in re.search(r'<section id="arena">(.*?)</section>', path.read_text(), re.S).group(1)
