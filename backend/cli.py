@@ -119,9 +119,13 @@ def start(args, settings: Settings) -> int:
 
 
 def versions(args, settings: Settings) -> int:
-    """List a project's reward-model versions with their held-out metrics; optionally make one current."""
+    """List a project's reward-model versions with their held-out metrics, then its generator versions with
+    their evaluations; optionally make one current (--generator: a generator version)."""
+    from backend.cli_tuning import generator_versions
     from model.store import VersionStore
 
+    if args.generator:
+        return generator_versions(args.project, settings, args.activate)
     store = VersionStore(settings.model_dir)
     if args.activate:
         store.activate(args.project, args.activate)  # servers pick it up on their next request
@@ -130,7 +134,7 @@ def versions(args, settings: Settings) -> int:
     names = store.versions(args.project)
     if not names:
         print(f"project {args.project} has no versions under {store.project_dir(args.project)}")
-        return 0
+        return generator_versions(args.project, settings)
     print(f"{'':2}{'version':<9}{'pairs':>7}{'accuracy':>10}{'95% interval':>16}{'ECE':>7}  trained")
     for name in names:
         m = store.metrics(args.project, name)
@@ -139,7 +143,7 @@ def versions(args, settings: Settings) -> int:
         interval = f"{fmt(ci[0], '.3f')}-{fmt(ci[1], '.3f')}" if ci[0] is not None else "-"
         print(f"{'*' if name == current else '':2}{name:<9}{fmt(m.get('n_pairs'), 'd'):>7}{fmt(acc, '.3f'):>10}"
               f"{interval:>16}{fmt(m.get('ece'), '.3f'):>7}  {m.get('mode', '-')}")
-    return 0
+    return generator_versions(args.project, settings)
 
 
 def config_help() -> str:
@@ -173,12 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sweep", action="store_true",
                    help="skip the start-up sweep that queues catch-up jobs for every known project")
     p.set_defaults(handler=worker)
-    p = commands.add_parser("versions", help="list a project's reward-model versions, or roll back to one",
+    p = commands.add_parser("versions", help="list a project's reward-model and generator versions, or roll back",
                             description="List the reward-model versions of a project (* marks the current one) "
-                                        "with their held-out metrics. --activate makes another version current "
-                                        "(a rollback); running servers switch on their next request.")
+                                        "with their held-out metrics, then its generator versions with each one's "
+                                        "evaluation (length-controlled win rate over the version it was tuned "
+                                        "from) and promotion. --activate makes another version current (a "
+                                        "rollback); running servers switch on their next request. With "
+                                        "--generator: only the generator versions, and --activate serves that "
+                                        "generator version (none: GENERATOR_MODEL) from the next generation job on.")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--activate", metavar="VERSION", help="make this version (e.g. v3) the current one")
+    p.add_argument("--generator", action="store_true", help="the generator's versions instead of the reward "
+                   "model's (--activate none: back to GENERATOR_MODEL)")
     p.set_defaults(handler=versions)
     cli_generation.register(commands)
     cli_reward.register(commands)

@@ -53,11 +53,41 @@ def _remove_new_folders(folders: list[Path]) -> None:
             pass
 
 
+def queue_tune(args, settings: Settings) -> int:
+    """`tune --project N`: queue a tuning round on the worker (backend/jobs/tune.py) and print its job id."""
+    import redis
+
+    from backend.jobs.tune import tune
+    from backend.queue import JobQueue, connect_redis
+
+    local = ("data", "out", "base", "time_budget", "epochs", "learning_rate", "beta", "batch_size",
+             "micro_batch_size", "lora_r", "max_prompt_tokens", "max_length", "seed", "label_config")
+    given = [f"--{name.replace('_', '-')}" for name in local if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"--project queues a round on the worker, which takes its settings from the environment "
+                          f"(TUNE_*); leave out {', '.join(given)}")
+    queue = JobQueue(connect_redis(settings.redis_url), settings.queue_prefix, settings.job_timeout,
+                     settings.job_retries)
+    try:
+        queued = queue.enqueue(tune, args.project)
+    except redis.RedisError as exc:
+        raise ConfigError(f"cannot queue the job: Redis is not reachable at REDIS_URL ({type(exc).__name__})") from None
+    print(f"project {args.project}: " + ("a tuning round was already queued" if queued.coalesced else
+          "queued a tuning round") + "; a worker taking the tune queue runs it (progress in /jobs), then "
+          "`rlhf-backend versions --project N --generator` shows the result", file=sys.stderr)
+    print(queued.job_id)
+    return 0
+
+
 def tune_command(args, settings: Settings) -> int:
     from model.comparison import split_by_prompt
     from model.store import GENERATOR, VersionStore
     from model.tuning import TuningError, check_causal_lm, tune, usable_pairs
 
+    if args.project is not None:
+        return queue_tune(args, settings)
+    if not (args.data and args.out):
+        raise ConfigError("give --data PAIRS and --out DIR to tune here, or --project N to queue a round on the worker")
     base = args.base or settings.generator_model
     if settings.generator == "openai" and not args.base:
         raise ConfigError("GENERATOR=openai serves a model from a server; give --base, a local model to tune")
@@ -118,6 +148,46 @@ def print_report(report: dict) -> None:
     print("promote: yes" if decision["promote"] else "promote: no; " + "; ".join(decision["reasons"]))
 
 
+def generator_versions(project: int, settings: Settings, activate: str | None = None) -> int:
+    """`versions --project N --generator [--activate vK|none]`: the project's generator versions with their
+    evaluation (LC win rate over the version each was tuned from) and promotion; --activate serves another one
+    (none: GENERATOR_MODEL again) from the next generation job on."""
+    from model.store import GENERATOR, VersionStore
+    from model.tuning_round import EVALUATION_FILE
+
+    store = VersionStore(settings.model_dir, GENERATOR)
+    if activate == "none":
+        store.deactivate(project)
+        print(f"project {project}: the configured generator ({settings.generator_model}) answers new prompts again")
+    elif activate:
+        try:
+            store.activate(project, activate)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{exc}; `rlhf-backend versions --project {project} --generator` lists them") from None
+        print(f"project {project}: generator {activate} answers new prompts from the next generation job on")
+    names, current = store.versions(project), store.current(project)
+    if not names:
+        print(f"project {project} has no generator versions under {store.project_dir(project)}; "
+              f"{settings.generator_model} answers")
+        return 0
+    print(f"generator versions ({'*' + current if current else f'none current: {settings.generator_model} answers'})")
+    print(f"{'':2}{'version':<9}{'from':<9}{'pairs':>7}{'steps':>7}{'LC win rate':>13}{'95% interval':>16}"
+          f"{'length':>9}  promotion")
+    for name in names:
+        tuning, ev = store.metrics(project, name, "tuning.json"), store.metrics(project, name, EVALUATION_FILE)
+        lc, ci = ev.get("lc_win_rate"), ev.get("lc_win_rate_ci") or [None, None]
+        fmt = lambda x, spec: format(x, spec) if isinstance(x, (int, float)) else "-"  # noqa: E731
+        interval = f"{_pct(ci[0])}-{_pct(ci[1])}" if ci[0] is not None else "-"
+        decision = ev.get("decision") or {}
+        verdict = ("promoted" if decision.get("promote") else "not promoted") + f" by {decision['by']}" \
+            if decision else ev.get("error", "-")
+        print(f"{'*' if name == current else '':2}{name:<9}{tuning.get('base_version') or 'base':<9}"
+              f"{fmt(tuning.get('pairs_trained'), 'd'):>7}{fmt(tuning.get('steps'), 'd'):>7}"
+              f"{_pct(lc) if lc is not None else '-':>13}{interval:>16}{fmt(ev.get('length_change'), '+.0%'):>9}"
+              f"  {verdict}")
+    return 0
+
+
 def compare_command(args, settings: Settings) -> int:
     from model.comparison import evaluate, held_out
     from model.reward.model import RewardModel
@@ -156,8 +226,15 @@ def compare_command(args, settings: Settings) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "tune", help="DPO-tune the generator on a pairs file into a new generator version",
-        description="Train the generator on preference pairs with DPO (TRL's DPOTrainer, a LoRA adapter on every "
+        "tune", help="DPO-tune the generator on a pairs file into a new generator version, or queue a project's "
+                     "tuning round on the worker",
+        description="With --project N: queue the project's tuning round on the worker and print the job id. The "
+                    "worker tunes the project's current generator version (GENERATOR_MODEL when it has none) on the "
+                    "project's pairs, judges it against that version on held-out prompts (TUNE_HOLDOUT, "
+                    "TUNE_EVAL_PROMPTS), keeps the evaluation beside it, and serves it only when TUNE_PROMOTE says "
+                    "so; see `rlhf-backend versions --project N --generator`. "
+                    "With --data and --out: train the generator on preference pairs here, with DPO (TRL's "
+                    "DPOTrainer, a LoRA adapter on every "
                     "linear layer, merged into the weights at the end) and write a new generator version: a "
                     "save_pretrained folder that AutoModelForCausalLM.from_pretrained and `rlhf-backend generate "
                     "--model FOLDER` load unchanged, with tuning.json (base, data, held-out share, settings, "
@@ -165,8 +242,10 @@ def register(subparsers) -> None:
                     "left out, so that `rlhf-backend compare` can judge the version on prompts it never saw. "
                     "Prints the version's folder as the last line of stdout. Defaults suit a CPU: bf16 only where "
                     "it is native, one pair per forward pass.")
-    p.add_argument("--data", required=True, metavar="FILE", help=_data_help())
-    p.add_argument("--out", required=True, metavar="DIR",
+    p.add_argument("--project", type=int, metavar="N", help="queue Label Studio project N's tuning round on the "
+                   "worker instead of tuning here (needs Redis at REDIS_URL; the TUNE_* settings apply)")
+    p.add_argument("--data", metavar="FILE", help=_data_help())
+    p.add_argument("--out", metavar="DIR",
                    help=f"version-store root to write into: the version lands in DIR/{CLI_PROJECT}/generator/vN")
     p.add_argument("--base", metavar="MODEL", help="model to start from: smollm2, a Hugging Face id, a folder (e.g. "
                    "an earlier version) or a .gguf (default: GENERATOR_MODEL)")

@@ -57,7 +57,8 @@ OPTIONS: tuple[Option, ...] = (
            "Label Studio times out on them."),
     # Storage
     Option("MODEL_DIR", "./rlhf-models", "Reward-model versions, generator caches and feature caches."),
-    Option("KEEP_VERSIONS", "5", "Reward-model versions kept per project (the current one is never deleted)."),
+    Option("KEEP_VERSIONS", "5", "Reward-model versions, and generator versions, kept per project (the current "
+           "one is never deleted)."),
     # Generation
     Option("GENERATOR", "local", "local (transformers) or openai (an OpenAI-compatible server)."),
     Option("GENERATOR_MODEL", "smollm2",
@@ -88,6 +89,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("MIN_NEW_ANNOTATIONS", "1", "Annotation events retrain once this many new annotations exist."),
     Option("PREANNOTATE", "trained", "never, trained (once held-out accuracy >= PREANNOTATE_MIN_ACCURACY) or always."),
     Option("PREANNOTATE_MIN_ACCURACY", "0.6", "Held-out accuracy a version needs before its guesses are shown."),
+    # Generator tuning
+    Option("TUNE_EVERY", "0", "Queue a generator tuning round (the tune job) whenever a project has this many more "
+           "annotations than at its last round; 0: only when asked (`rlhf-backend tune --project N`)."),
+    Option("TUNE_HOLDOUT", "0.2", "Share of the distinct prompts a tuning round never tunes on: they judge the new "
+           "version (by prompt hash, so the same prompts stay held out in every round)."),
+    Option("TUNE_EVAL_PROMPTS", "64", "Held-out prompts both generator versions answer in a tuning round's "
+           "evaluation (more: a tighter win-rate interval, longer rounds)."),
+    Option("TUNE_TIME_BUDGET", "1200", "Seconds of DPO training per tuning round (at most 60% of JOB_TIMEOUT: "
+           "the round also loads, evaluates and saves); training stops there and keeps what it learned."),
+    Option("TUNE_PROMOTE", "if-better", "if-better (serve a tuned version only when its evaluation says promote), "
+           "always (serve every tuned version, e.g. when people judge it) or never (activate by hand)."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -137,6 +149,11 @@ class Settings:
     min_new_annotations: int
     preannotate: str
     preannotate_min_accuracy: float
+    tune_every: int
+    tune_holdout: float
+    tune_eval_prompts: int
+    tune_time_budget: int
+    tune_promote: str
 
     @property
     def auth_enabled(self) -> bool:
@@ -268,6 +285,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         min_new_annotations=integer("MIN_NEW_ANNOTATIONS", 1),
         preannotate=choice("PREANNOTATE", ("never", "trained", "always")),
         preannotate_min_accuracy=number("PREANNOTATE_MIN_ACCURACY", 0.0, 1.0),
+        tune_every=integer("TUNE_EVERY", 0),
+        tune_holdout=number("TUNE_HOLDOUT", 0.0, 0.9),
+        tune_eval_prompts=integer("TUNE_EVAL_PROMPTS", 1),
+        tune_time_budget=integer("TUNE_TIME_BUDGET", 1),
+        tune_promote=choice("TUNE_PROMOTE", ("if-better", "always", "never")),
     )
 
 
@@ -282,6 +304,16 @@ def generation_config(settings: Settings):
         seed=settings.generation_seed, batch_size=settings.generation_batch_size, dtype=settings.torch_dtype,
         threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache",
         candidates=settings.candidates)
+
+
+def tuning_config(settings: Settings):
+    """A worker's tuning round's DPO settings: TuneConfig's defaults, the generator's system prompt and threads,
+    and TUNE_TIME_BUDGET within 60% of JOB_TIMEOUT."""
+    from model.tuning import TuneConfig
+
+    return TuneConfig(time_budget=min(settings.tune_time_budget, 0.6 * settings.job_timeout),
+                      system_prompt=settings.system_prompt, threads=settings.torch_threads,
+                      cache_dir=settings.model_dir / "generator-cache")
 
 
 def train_config(settings: Settings):

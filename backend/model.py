@@ -8,7 +8,7 @@ Label Studio calls four things on a model (label-studio-ml's `LabelStudioMLBase`
 - `fit`: an event (a webhook) becomes a job on the queue; nothing slow happens here (1 s timeout, no
   retry). Annotation events also go into the project's inbox, so the train job reads them from there
   instead of from Label Studio.
-- `versions`: the reward-model versions per project.
+- `versions`: the reward-model and generator versions per project.
 The routes in backend/app.py only parse HTTP and call these; the jobs in backend/jobs/ do the work.
 """
 
@@ -28,7 +28,7 @@ from backend.predictions import score_tasks
 from backend.queue import Enqueued, JobQueue
 from backend.serving import ModelCache
 from backend.sync import AnnotationMirror
-from model.store import VersionStore
+from model.store import GENERATOR, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,14 @@ class RLHFPreferenceModel:
         return None
 
     def versions(self, project: int | None = None) -> dict:
-        """{"versions": names across projects, "projects": {id: {"current", "versions"}}}."""
+        """{"versions": reward-model names across projects, "projects": {id: {"current", "versions",
+        "generator": {"current", "versions"}}}}: a project's generator versions beside its reward models (a
+        null generator "current" means the configured GENERATOR_MODEL answers)."""
         projects = [project] if project is not None else _store_projects(self.store)
-        detail = {p: {"current": self.store.current(p), "versions": self.store.versions(p)} for p in projects}
+        generators = VersionStore(self.store.root, GENERATOR)
+        detail = {p: {"current": self.store.current(p), "versions": self.store.versions(p),
+                      "generator": {"current": generators.current(p), "versions": generators.versions(p)}}
+                  for p in projects}
         names = sorted({v for d in detail.values() for v in d["versions"]}, key=lambda v: int(v[1:]))
         return {"versions": names, "projects": detail}
 

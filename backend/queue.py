@@ -26,9 +26,10 @@ from backend.metrics import Metrics
 log = logging.getLogger(__name__)
 
 GENERATE, TRAIN, REFRESH, MAINTENANCE, REPORT = "generate", "train", "refresh", "maintenance", "report"
+TUNE = "tune"  # a generator tuning round: minutes to tens of minutes, so it comes last
 # Workers take queues in this order: a train job never waits behind a long generation backlog, and a
 # new version trains before the previous one's predictions are refreshed.
-KINDS = (TRAIN, MAINTENANCE, REPORT, REFRESH, GENERATE)
+KINDS = (TRAIN, MAINTENANCE, REPORT, REFRESH, GENERATE, TUNE)
 RETRY_BACKOFF = (10, 30, 90, 270)  # seconds between attempts; Label Studio restarts take ~30 s
 
 

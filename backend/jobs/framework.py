@@ -52,6 +52,13 @@ class WorkerContext:
 
         return load_generator(generation_config(self.settings))
 
+    @cached_property
+    def generators(self):
+        """Per project: its current generator version, or the shared `generator` above (backend/generators.py)."""
+        from backend.generators import ProjectGenerators
+
+        return ProjectGenerators(self.settings, lambda: self.generator)
+
     def label_studio(self, project: int) -> LabelStudioClient:
         try:
             connection = resolve_connection(self.settings, self.registry.get(project))

@@ -14,6 +14,7 @@ import logging
 import random
 
 from backend.answers import candidates_for, failure, needs_answers, place_answers
+from backend.generators import describe
 from backend.jobs.framework import job, progress
 from backend.jobs.refresh import refresh, write_predictions, written
 from backend.labelstudio import id_after, task_query
@@ -37,10 +38,11 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
     counts = {"filled": 0, "skipped_human_edit": 0, "failed_prompts": 0}
     rng = random.Random()
     size = ctx.settings.generation_batch_size
+    generator, version = ctx.generators.for_project(project) if todo else (None, None)  # a tuned version, or not
     for start in range(0, len(todo), size):
         batch = todo[start:start + size]
-        candidates = ctx.generator.generate([t["data"].get(fields.prompt) for t in batch],
-                                            candidates=candidates_for(fields, ctx.settings.candidates))
+        candidates = generator.generate([t["data"].get(fields.prompt) for t in batch],
+                                        candidates=candidates_for(fields, ctx.settings.candidates))
         fresh = {t["id"]: t for t in ls.tasks(project, task_query(ids=[t["id"] for t in batch]))}
         filled = []
         for task, cand in zip(batch, candidates):
@@ -54,7 +56,7 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
                 log.warning("task %s: no answers generated: %s", task["id"], cand.error)
                 counts["failed_prompts"] += 1
             else:
-                data = {**data, **place_answers(cand.answers, fields, rng, ctx.generator.describe(), cand.truncated)}
+                data = {**data, **place_answers(cand.answers, fields, rng, describe(generator, version), cand.truncated)}
                 ls.update_task_data(task["id"], data)
                 filled.append({"id": task["id"], "data": data})
                 counts["filled"] += 1
@@ -63,7 +65,7 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
         progress((start + len(batch)) / len(todo), f"{start + len(batch)}/{len(todo)} tasks done")
     if new:
         ctx.redis.set(cursor_key, max(cursor, new[-1]["id"]))
-    return {"status": "done", "project": project, "new_tasks": len(new), **counts,
+    return {"status": "done", "project": project, "new_tasks": len(new), **counts, "generator_version": version,
             "label_studio_calls": ls.calls}
 
 

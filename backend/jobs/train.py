@@ -19,6 +19,7 @@ def train(ctx, project: int, force: str = "") -> dict:
     make it current, then queue the refresh of every unlabelled task's prediction and the report."""
     from backend.jobs.refresh import refresh
     from backend.jobs.report import report
+    from backend.jobs.tune import annotation_count, maybe_queue_tune
     from model.rankings import task_pairs
     from model.reward.train import train_reward_model
 
@@ -33,6 +34,7 @@ def train(ctx, project: int, force: str = "") -> dict:
     changed = len({key.rsplit(":", 1)[0] for key in previous.symmetric_difference(keys)})  # annotations
     outcome = {"project": project, "pairs": len(pairs), "changed": changed, "read_tasks": synced.read,
                "label_studio_calls": ls.calls}
+    outcome["tune_queued"] = maybe_queue_tune(ctx, project, annotation_count(keys))  # TUNE_EVERY
     if not pairs:
         return {**outcome, "status": "skipped", "reason": "no usable annotations yet"}
     if not force and changed < ctx.settings.min_new_annotations:
