@@ -117,3 +117,31 @@ def test_a_human_edit_during_generation_survives(label_studio, tmp_path, redis_c
     for task_id in (ids[0], ids[2]):
         data = ls.tasks.get(id=str(task_id)).data
         assert data["answer1"] and data["answer2"] and data["answer1"] != data["answer2"]
+
+
+def test_a_rescan_gives_guesses_to_unlabelled_tasks_only(label_studio, tmp_path, redis_conn):
+    """A label-config change makes the generation job look at every task again: the tasks with answers and
+    no annotation get the current version's guess, an annotated task gets none (its annotator is done)."""
+    from label_studio_sdk import LabelStudio
+
+    from backend.config import load_settings
+    from backend.jobs.framework import init
+    from backend.jobs.generate import generate
+
+    ls = LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
+    project = ls.projects.create(title="rescan", label_config=(ROOT / "label_config.xml").read_text())
+    ids = ls.projects.import_tasks(id=project.id, return_task_ids=True, request=[
+        {"prompt": f"Prompt {i}", "answer1": f"First answer {i}", "answer2": f"Second answer {i}"} for i in range(3)
+    ]).task_ids
+    ls.annotations.create(id=ids[0], result=[{"from_name": "comparison", "to_name": "answer1", "type": "pairwise",
+                                              "value": {"selected": "left"}}])
+    settings = load_settings(dict(
+        LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL, QUEUE_PREFIX="rlhf-rescan",
+        MODEL_DIR=str(tmp_path / "models"), REWARD_BASE_MODEL=str(tiny_encoder(tmp_path / "rm")),
+        PREANNOTATE="always"))
+    context = init(settings, redis_conn)
+
+    generate.__wrapped__(context, project.id, rescan="1")  # as run with the flag a PROJECT_UPDATED event sets
+
+    predicted = {task_id: len(ls.predictions.list(task=task_id)) for task_id in ids}
+    assert predicted == {ids[0]: 0, ids[1]: 1, ids[2]: 1}

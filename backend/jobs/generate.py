@@ -34,7 +34,9 @@ def generate(ctx, project: int, rescan: str = "") -> dict:
     new = list(ls.tasks(project, task_query(id_after(cursor))))
     todo = [t for t in new if needs_answers(t["data"], fields)]
     progress(0.0, f"{len(todo)} of {len(new)} new tasks need answers")
-    _predict(ctx, ls, project, fields, [t for t in new if has_answers(t["data"], fields)])
+    # A labelled task needs no guess (a rescan after a label-config change meets every task).
+    _predict(ctx, ls, project, fields, [t for t in new if has_answers(t["data"], fields)
+                                        and not t.get("total_annotations")])
     counts = {"filled": 0, "skipped_human_edit": 0, "failed_prompts": 0}
     rng = random.Random()
     size = ctx.settings.generation_batch_size
