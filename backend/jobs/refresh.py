@@ -26,6 +26,8 @@ from backend.queue import REFRESH
 
 log = logging.getLogger(__name__)
 
+SCORE_CHUNK = 1000  # tasks scored per call, between progress reports
+
 class WrittenPredictions:
     """Which of this backend's model versions have predictions in Label Studio, and for a version being
     refreshed, which tasks already have one. Keys: `<prefix>:predictions:<p>:versions` (set),
@@ -99,8 +101,10 @@ def refresh(ctx, project: int) -> dict:
     done = record.done(version)
     tasks = [t for t in ls.tasks(project, task_query(UNLABELLED))
              if t["id"] not in done and has_answers(t["data"], fields)]
-    progress(0.1, f"scoring {len(tasks)} tasks")
-    items = score_tasks(scorer.model, version, tasks, fields)
+    items = []
+    for start in range(0, len(tasks), SCORE_CHUNK):  # a cold feature cache encodes for minutes: show how far
+        progress(0.1 + 0.1 * start / max(len(tasks), 1), f"scoring: {start}/{len(tasks)} tasks")
+        items += score_tasks(scorer.model, version, tasks[start:start + SCORE_CHUNK], fields)
     order = sorted(range(len(tasks)), key=lambda i: -uncertainty(items[i]))  # the most uncertain first
     count = write_predictions(ctx, ls, project, version, [(tasks[i]["id"], items[i]) for i in order],
                               still_current=lambda: ctx.models.version(project) == version)
