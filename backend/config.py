@@ -53,8 +53,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("JOB_RETRIES", "3", "Retries (with backoff) for a job that fails, e.g. Label Studio unreachable."),
     Option("RECONCILE_HOURS", "24", "Hours between full re-reads of a project's annotations (between them, "
            "only what changed is read)."),
-    Option("PREDICTION_IMPORT_BATCH", "1000", "Predictions per bulk import request to Label Studio; lower it if "
-           "Label Studio times out on them."),
+    Option("PREDICTION_IMPORT_BATCH", "5000", "Predictions per bulk import request to Label Studio. Each import "
+           "costs Label Studio time in proportion to the predictions the project already holds, so fewer, larger "
+           "imports are faster (BENCHMARKS.md); lower it if Label Studio times out on them."),
     # Storage
     Option("MODEL_DIR", "./rlhf-models", "Reward-model versions, generator caches and feature caches."),
     Option("KEEP_VERSIONS", "5", "Reward-model versions, and generator versions, kept per project (the current "
