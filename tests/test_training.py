@@ -322,8 +322,10 @@ def test_a_pair_of_weight_two_trains_as_that_pair_twice(encoder, pairs, tmp_path
         train_reward_model(data, cfg, tmp_path / name)
         saved[name] = dict(AutoModelForSequenceClassification.from_pretrained(tmp_path / name).named_parameters())
     # The classifier's bias gets no Bradley-Terry gradient (it cancels in r_c - r_r): Adam turns the
-    # float noise there into full steps, so it is left out.
-    close = lambda a, b: all(torch.allclose(a[n], b[n], atol=1e-5) for n in a if n != "classifier.bias")
+    # float noise there into full steps, so it is left out. Summing [a, a, ...] and [2a, ...] rounds
+    # differently, which Adam's normalised steps carry to ~1e-5 on some CPUs (AVX2); ignoring the weight
+    # moves the weights by ~1e-2.
+    close = lambda a, b: all(torch.allclose(a[n], b[n], atol=1e-4) for n in a if n != "classifier.bias")
     assert close(saved["weighted"], saved["twice"])
     assert not close(saved["weighted"], saved["unweighted"])
 

@@ -178,7 +178,7 @@ def test_a_version_tuned_on_flipped_labels_is_not_promoted(base, tmp_path):
         pairs = [PreferencePair(q, *((a[0], "Paris") if flip else ("Paris", a[0]))) for q, a in zip(train_prompts, own)]
         out = tmp_path / name
         out.mkdir()
-        tune(pairs, str(base), out, TuneConfig(**{**FAST, "epochs": 3}))
+        tune(pairs, str(base), out, TuneConfig(**{**FAST, "epochs": 6}))
         report = compare_answers(eval_prompts, base_answers, answer(str(out), eval_prompts, generation),
                                  CountJudge(), judge)
         verdicts[name] = (report["lc_win_rate"], report["promotion"]["promote"])
