@@ -51,8 +51,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("QUEUE_PREFIX", "rlhf", "Prefix of the RQ queue names and Redis keys, to share one Redis."),
     Option("JOB_TIMEOUT", "3600", "Seconds before a generation or training job is killed."),
     Option("JOB_RETRIES", "3", "Retries (with backoff) for a job that fails, e.g. Label Studio unreachable."),
-    Option("RECONCILE_HOURS", "24", "Hours between full re-reads of a project's annotations (between them, "
-           "only what changed is read)."),
+    Option("RECONCILE_HOURS", "24", "Hours between full re-reads of a project's annotations and of its unlabelled "
+           "tasks for the prediction refresh (between them, only what changed is read)."),
     Option("PREDICTION_IMPORT_BATCH", "5000", "Predictions per bulk import request to Label Studio. Each import "
            "costs Label Studio time in proportion to the predictions the project already holds, so fewer, larger "
            "imports are faster (BENCHMARKS.md); lower it if Label Studio times out on them."),

@@ -20,6 +20,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -34,6 +35,8 @@ PAGE_SIZE = 1000      # tasks per page of a filtered task read (Label Studio's o
 EXPORT_IDS = 200      # task ids per export request (they travel in the URL)
 ERROR_EXCERPT = 200   # characters of an error body kept in messages
 GONE_SECONDS = 7 * 24 * 3600  # how long a forgotten project's jobs queued before it was forgotten are skipped
+OVERLAP_SECONDS = 10  # a catch-up read looks this far before its cursor (saves that committed late)
+EPOCH = "1970-01-01T00:00:00Z"
 
 
 class LabelStudioUnavailable(RuntimeError):
@@ -181,6 +184,15 @@ def updated_after(timestamp: str) -> dict:
     return {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": timestamp}
 
 
+def _parse_timestamp(timestamp: str) -> datetime:
+    """Label Studio's timestamps (2026-12-04T10:21:46.861372Z; the fraction is left out when it is 0)."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def _shifted(timestamp: str, seconds: float) -> str:
+    return (_parse_timestamp(timestamp) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def id_after(task_id: int) -> dict:
     return {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": task_id}
 
@@ -248,6 +260,18 @@ class LabelStudioClient:
             if len(tasks) < page_size:
                 return
             page += 1
+
+    def newest_update(self, project: int) -> str:
+        """The latest `updated_at` of the project's tasks: the cursor to take before a full read."""
+        newest = next(self.tasks(project, task_query(ordering="-tasks:updated_at"), page_size=1), None)
+        return newest["updated_at"] if newest else EPOCH
+
+    def tasks_changed_since(self, project: int, cursor: str) -> tuple[list[dict], str]:
+        """The tasks updated since `cursor` (looking OVERLAP_SECONDS before it, for saves that committed after
+        a later one was already read) and the cursor for the next catch-up."""
+        changed = list(self.tasks(project, task_query(updated_after(_shifted(cursor, -OVERLAP_SECONDS)))))
+        stamps = [t["updated_at"] for t in changed if t.get("updated_at")]
+        return changed, max([cursor, *stamps], key=_parse_timestamp)
 
     def count(self, project: int, query: str | None = None) -> int:
         params = {"project": project, "fields": "task_only", "page": 1, "page_size": 1}

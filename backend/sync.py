@@ -13,7 +13,7 @@ Saving or deleting an annotation updates its task's `updated_at`, and a webhook'
 value, so a task known from its webhook is not read again. Label Studio stays the source of truth: a task
 that a webhook named but the catch-up does not show as changed with that same `updated_at` is read again
 (a webhook anyone could have sent trains nothing on its own). The catch-up looks a little before the
-cursor (`OVERLAP_SECONDS`), for saves that committed after a later one was already read.
+cursor (`labelstudio.OVERLAP_SECONDS`), for saves that committed after a later one was already read.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import redis
 
-from backend.labelstudio import LabelStudioClient, task_query, updated_after
+from backend.labelstudio import LabelStudioClient
 
 log = logging.getLogger(__name__)
 
-OVERLAP_SECONDS = 10
 INBOX_LIMIT = 100_000  # events kept when no sync drains them; older ones are caught up by the cursor
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
@@ -174,9 +172,8 @@ class AnnotationMirror:
         if "cursor" not in state or time.time() - reconciled > reconcile_seconds:
             # The cursor and the tasks the next catch-up will look at again (its overlap) are read before
             # the export: whatever changes meanwhile is caught up next time.
-            newest = next(ls.tasks(self.project, task_query(ordering="-tasks:updated_at"), page_size=1), None)
-            cursor = newest["updated_at"] if newest else "1970-01-01T00:00:00Z"
-            recent = list(ls.tasks(self.project, task_query(updated_after(_minus(cursor, OVERLAP_SECONDS)))))
+            cursor = ls.newest_update(self.project)
+            recent, _ = ls.tasks_changed_since(self.project, cursor)
             exported = {t["id"]: t for t in ls.export(self.project)}
             self.redis.delete(self.annotations_key, self.tasks_key)
             self._apply_tasks(list(exported.values()) + [t for t in recent if t["id"] not in exported])
@@ -184,8 +181,7 @@ class AnnotationMirror:
             log.info("project %s: full sync, %s annotations on %s tasks", self.project, self.count(), len(exported))
             return SyncResult(len(events), len(exported), True, self.count())
 
-        cursor = state["cursor"]
-        changed = list(ls.tasks(self.project, task_query(updated_after(_minus(cursor, OVERLAP_SECONDS)))))
+        changed, cursor = ls.tasks_changed_since(self.project, state["cursor"])
         known = self._known_updated_at([t["id"] for t in changed])
         stale = [t for t, seen in zip(changed, known) if t.get("updated_at") != seen]
         stale += [{"id": i} for i in sorted(named - {t["id"] for t in changed})]  # unconfirmed webhooks
@@ -193,15 +189,5 @@ class AnnotationMirror:
             exported = {t["id"]: t for t in ls.export(self.project, [t["id"] for t in stale])}
             # A task deleted since it was listed is absent from the export: its annotations go too.
             self._apply_tasks([{**t, **exported.get(t["id"], {"annotations": []})} for t in stale])
-        newest = max((t["updated_at"] for t in changed if t.get("updated_at")), key=_parse, default=cursor)
-        self._set_state(cursor=max(newest, cursor, key=_parse))
+        self._set_state(cursor=cursor)
         return SyncResult(len(events), len(stale), False, self.count())
-
-
-def _parse(timestamp: str) -> datetime:
-    """Label Studio's timestamps (2026-12-04T10:21:46.861372Z; the fraction is left out when it is 0)."""
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-
-
-def _minus(timestamp: str, seconds: float) -> str:
-    return (_parse(timestamp) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

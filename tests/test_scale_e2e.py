@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry
 
 from backend.jobs.refresh import refresh
-from backend.labelstudio import Connection, LabelStudioClient, LabelStudioError, ProjectRegistry
+from backend.labelstudio import OVERLAP_SECONDS, Connection, LabelStudioClient, LabelStudioError, ProjectRegistry
 from backend.queue import JobQueue
 from backend.sync import AnnotationMirror
 from conftest import REDIS_URL, ROOT
@@ -256,3 +256,75 @@ def test_two_workers_never_train_one_project_at_once_and_keep_one_prediction_per
         second.stop()
         first.stop()
         server.stop()
+
+
+# ---------------------------------------------------------------- the refresh reads only what changed
+
+def run_refresh(redis_conn, env: dict, project: int, log) -> dict:
+    """One refresh job, run by a real worker in burst mode; its outcome."""
+    job_id = JobQueue(redis_conn, PREFIX, 3600, 2).enqueue(refresh, project).job_id
+    worker = Process([sys.executable, "-m", "backend.cli", "worker", "--burst", "--no-sweep"], env, log)
+    try:
+        worker.popen.wait(180)
+    finally:
+        worker.stop()
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.get_status() == "finished", worker.output()[-3000:]
+    return job.return_value()
+
+
+def scores_in_label_studio(label_studio: str, project: int, version: str) -> dict[int, float]:
+    return {task: p["score"] for task, ps in predictions_with_scores(label_studio, project).items()
+            for p in ps if p["model_version"] == version}
+
+
+def predictions_with_scores(label_studio: str, project: int) -> dict[int, list[dict]]:
+    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+    return {task["id"]: client.predictions(task["id"]) for task in client.tasks(project)}
+
+
+def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup, ls, label_studio, redis_conn,
+                                                                     tmp_path):
+    """The first refresh reads every unlabelled task and keeps their answers' feature keys; the next version's
+    refresh reads only the tasks changed since (one labelled, one whose answer was edited, two new) and
+    scores the rest from their keys, with the same scores a full read gives. A deleted task, which nothing
+    Label Studio lists shows, makes an import fail: the job then reads every task and finishes."""
+    from backend.labels import parse_label_config
+    from backend.predictions import score_tasks
+    from model.reward.cached import load_scorer
+
+    setup, project, ids = refresh_setup, refresh_setup["project"], refresh_setup["ids"]
+    env = {**setup["env"], "LABEL_STUDIO_URL": label_studio, "PREDICTION_IMPORT_BATCH": "100"}
+    # A catch-up looks OVERLAP_SECONDS before its cursor: let the tasks' creation fall out of that window.
+    time.sleep(OVERLAP_SECONDS + 1)
+    last = ls.tasks.get(id=ids[-1])
+    ls.tasks.update(id=ids[-1], data=last.data)  # the newest update, so the cursor the first refresh takes
+    first = run_refresh(redis_conn, env, project, tmp_path / "w1.log")
+    assert first["status"] == "done" and first["tasks_read"] == 40 and first["written"] == 40
+
+    ls.annotations.create(id=ids[0], result=pairwise("left"))
+    ls.tasks.update(id=ids[1], data={"prompt": "Question 1: what is 1 plus 1?", "answer1": "Two.",
+                                     "answer2": "It is 2, since 1+1=2."})
+    new = list(ls.projects.import_tasks(id=project, return_task_ids=True, request=[
+        {"prompt": f"New question {i}?", "answer1": f"An answer {i}.", "answer2": f"Another answer {i}."}
+        for i in range(2)]).task_ids)
+    v2 = train_versions(setup["model_dir"], project, setup["model_dir"].parent / "rm", pairs=synthetic_pairs(24),
+                        seed=1)
+    second = run_refresh(redis_conn, env, project, tmp_path / "w2.log")
+    assert second["status"] == "done" and second["version"] == v2
+    assert second["tasks_read"] == 5 and second["written"] == 41  # the 4 changed, the last one again (overlap)
+
+    scores = scores_in_label_studio(label_studio, project, v2)
+    assert set(scores) == set(ids[1:]) | set(new)
+    model = load_scorer(setup["model_dir"] / str(project) / v2, None)  # full forward passes: no cache
+    tasks = [ls.tasks.get(id=i) for i in ids[1:] + new]
+    expected = score_tasks(model, v2, [{"id": t.id, "data": t.data} for t in tasks], parse_label_config(CONFIG))
+    assert scores == pytest.approx({t.id: e["score"] for t, e in zip(tasks, expected)}, abs=1e-5)
+
+    ls.tasks.delete(id=ids[2])
+    v3 = train_versions(setup["model_dir"], project, setup["model_dir"].parent / "rm", pairs=synthetic_pairs(24),
+                        seed=2)
+    third = run_refresh(redis_conn, env, project, tmp_path / "w3.log")
+    assert third["status"] == "done" and third["version"] == v3
+    assert third["tasks_read"] == 40 and third["written"] == 40  # every unlabelled task read again
+    assert set(scores_in_label_studio(label_studio, project, v3)) == set(ids[1:]) - {ids[2]} | set(new)

@@ -1,8 +1,9 @@
 """Every unlabelled task's prediction from the current version, written in bulk, the previous ones removed.
 
 Annotators sort by prediction score to label the most uncertain tasks first, so a new version's scores
-must reach every unlabelled task, and soon. The job reads the unlabelled tasks (a page per 1,000),
-scores them (a fast-mode version scores from cached encoder features: arithmetic, not forward passes),
+must reach every unlabelled task, and soon. A fast-mode version scores from cached encoder features
+(arithmetic, not forward passes), and the job reads from Label Studio only the tasks changed since the last
+refresh (backend/task_index.py); any other version reads every unlabelled task (a page per 1,000). It
 writes the most uncertain first through Label Studio's bulk import, points the project's model version at
 it (the labelling page and the Data Manager's score column show only that version's predictions), then
 deletes the predictions of every older version it or /predict wrote. Label Studio then holds one
@@ -20,9 +21,10 @@ import logging
 import redis
 
 from backend.jobs.framework import job, progress
-from backend.labelstudio import SEVERAL_PREDICTIONS, UNLABELLED, task_query
-from backend.predictions import has_answers, score_tasks, uncertainty
+from backend.labelstudio import SEVERAL_PREDICTIONS, UNLABELLED, LabelStudioError, task_query
+from backend.predictions import has_answers, prediction, score_tasks, uncertainty
 from backend.queue import REFRESH
+from backend.task_index import UnlabelledIndex, feature_keys
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +99,22 @@ def refresh(ctx, project: int) -> dict:
         return {"status": "skipped", "project": project, "reason": f"{version} is refreshed already"}
     ls = ctx.label_studio(project)
     fields = ctx.fields(project, ls)
-    progress(0.0, "reading unlabelled tasks")
-    done = record.done(version)
-    tasks = [t for t in ls.tasks(project, task_query(UNLABELLED))
-             if t["id"] not in done and has_answers(t["data"], fields)]
-    items = []
-    for start in range(0, len(tasks), SCORE_CHUNK):  # a cold feature cache encodes for minutes: show how far
-        progress(0.1 + 0.1 * start / max(len(tasks), 1), f"scoring: {start}/{len(tasks)} tasks")
-        items += score_tasks(scorer.model, version, tasks[start:start + SCORE_CHUNK], fields)
-    order = sorted(range(len(tasks)), key=lambda i: -uncertainty(items[i]))  # the most uncertain first
-    count = write_predictions(ctx, ls, project, version, [(tasks[i]["id"], items[i]) for i in order],
-                              still_current=lambda: ctx.models.version(project) == version)
-    if count < len(tasks):  # a newer version is current: its own refresh takes over
+    index = UnlabelledIndex(ctx.redis, ctx.settings.queue_prefix, project)
+    while True:
+        progress(0.0, "reading unlabelled tasks")
+        items, read, from_index = _scored(ctx, ls, project, fields, scorer, record.done(version), index)
+        items.sort(key=lambda item: -uncertainty(item[1]))  # the most uncertain first
+        try:
+            count = write_predictions(ctx, ls, project, version, items,
+                                      still_current=lambda: ctx.models.version(project) == version)
+            break
+        except LabelStudioError as exc:
+            if exc.status != 400 or not from_index:
+                raise
+            # Most likely a task deleted since the index saw it (nothing Label Studio lists says so).
+            log.info("project %s: an import was refused (%s); reading every unlabelled task", project, exc)
+            index.clear()
+    if count < len(items):  # a newer version is current: its own refresh takes over
         return {"status": "superseded", "project": project, "version": version, "written": count}
     ls.set_model_version(project, version)
     deleted = 0
@@ -117,8 +123,42 @@ def refresh(ctx, project: int) -> dict:
         record.forget(old)
     duplicates = _remove_duplicates(ls, project, version)
     record.mark_complete(version)
-    return {"status": "done", "project": project, "version": version, "written": count,
+    return {"status": "done", "project": project, "version": version, "written": count, "tasks_read": read,
             "deleted_old": deleted, "duplicates_removed": duplicates, "label_studio_calls": ls.calls}
+
+
+def _scored(ctx, ls, project: int, fields, scorer, done: set[int], index: UnlabelledIndex):
+    """(task id, prediction) for every unlabelled task with answers not in `done`, how many tasks were read
+    from Label Studio for it, and whether the index stood in for the rest. A fast-mode version with a
+    current index reads only the tasks changed since the index's cursor and scores the rest by their
+    feature keys; otherwise every unlabelled task is read (and the index rebuilt from them)."""
+    cached = hasattr(scorer.model, "rewards_by_key")  # a CachedRewardModel (imported lazily: it needs torch)
+    if cached and index.fresh(ctx.settings.reconcile_seconds):
+        changed, cursor = ls.tasks_changed_since(project, index.state()["cursor"])
+        index.update(changed, fields, cursor)
+        read = {t["id"]: t for t in changed if t["id"] not in done and feature_keys(t, fields) is not None}
+        entries = {i: keys for i, keys in index.entries().items() if i not in done and i not in read}
+        rewards = scorer.model.rewards_by_key(k for keys in entries.values() for k in keys.values())
+        if all(k in rewards for keys in entries.values() for k in keys.values()):
+            items = [(i, prediction(fields, {slot: rewards[k] for slot, k in keys.items()}, scorer.version))
+                     for i, keys in entries.items()]
+            return items + _score_read(scorer, list(read.values()), fields), len(changed), True
+        # Features missing (the cache was cleared, or the version has another base): read every task.
+    cursor = ls.newest_update(project) if cached else None
+    tasks = list(ls.tasks(project, task_query(UNLABELLED)))
+    if cached:
+        index.rebuild(tasks, fields, cursor)
+    todo = [t for t in tasks if t["id"] not in done and has_answers(t["data"], fields)]
+    return _score_read(scorer, todo, fields), len(tasks), False
+
+
+def _score_read(scorer, tasks: list[dict], fields) -> list[tuple[int, dict]]:
+    items = []
+    for start in range(0, len(tasks), SCORE_CHUNK):  # a cold feature cache encodes for minutes: show how far
+        progress(0.1 + 0.1 * start / max(len(tasks), 1), f"scoring: {start}/{len(tasks)} tasks")
+        chunk = tasks[start:start + SCORE_CHUNK]
+        items += zip((t["id"] for t in chunk), score_tasks(scorer.model, scorer.version, chunk, fields))
+    return items
 
 
 def _remove_duplicates(ls, project: int, version: str) -> int:
@@ -128,7 +168,7 @@ def _remove_duplicates(ls, project: int, version: str) -> int:
     for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS)):
         ours = sorted((p for p in ls.predictions(task["id"]) if p.get("model_version") == version),
                       key=lambda p: p["id"])
-        for prediction in ours[:-1]:
-            ls.delete_prediction(prediction["id"])
+        for duplicate in ours[:-1]:
+            ls.delete_prediction(duplicate["id"])
             removed += 1
     return removed

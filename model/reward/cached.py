@@ -22,14 +22,27 @@ class CachedRewardModel(RewardModel):
         self.cache = cache
 
     def rewards(self, prompts: list[str], answers: list[str]) -> list[float]:
-        import torch
-
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         if not answers:
             return []
         features, _ = self.cache.compute(self.model, self.tokenizer, prompts, answers, self.max_length,
                                          self.batch_size, lambda fraction, message: None)
+        return self._head(features)
+
+    def rewards_by_key(self, keys) -> dict[str, float]:
+        """{key: reward} for the feature-cache keys (`FeatureCache.key(prompt, answer)`) whose features are
+        cached; the others are left out (their texts must go through `rewards`)."""
+        import torch
+
+        present = [k for k in dict.fromkeys(keys) if k in self.cache.features]
+        if not present:
+            return {}
+        return dict(zip(present, self._head(torch.stack([self.cache.features[k] for k in present]))))
+
+    def _head(self, features) -> list[float]:
+        import torch
+
         with torch.inference_mode():  # BERT's head on the first-token state: pooler, then the classifier
             pooled = self.model.base_model.pooler(features.unsqueeze(1))
             return self.model.classifier(pooled)[:, 0].float().tolist()

@@ -11,8 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-from model.reward.model import encode_pairs
-
 MAX_SHARDS = 16  # feature-cache shards on disk before they are merged into one
 
 log = logging.getLogger(__name__)
@@ -76,6 +74,8 @@ class FeatureCache:
     def compute(self, model, tokenizer, prompts, answers, max_length, batch_size, progress) -> object:
         """Features for every (prompt, answer); only the missing ones go through the encoder."""
         import torch
+
+        from model.reward.model import encode_pairs
 
         keys = [self.key(p, a) for p, a in zip(prompts, answers)]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.features}.values(),
