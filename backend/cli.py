@@ -28,7 +28,10 @@ def import_model_code(worker=None) -> None:
     """gunicorn post_worker_init hook: import torch and the default reward model's transformers classes
     before a server worker takes requests. The first /predict then does not pay the seconds that takes, and
     no two request threads import transformers at once (its lazy module can fail with "cannot import
-    name" when two threads initialise it together)."""
+    name" when two threads initialise it together). Also: freed tensors' memory goes back to the system."""
+    from backend.heap import return_freed_memory
+
+    return_freed_memory()
     import torch  # noqa: F401
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
     from transformers.models.bert import modeling_bert  # noqa: F401

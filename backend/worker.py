@@ -10,6 +10,7 @@ import redis
 from rq import SimpleWorker, Worker
 
 from backend.config import Settings
+from backend.heap import return_freed_memory
 from backend.jobs.framework import init
 from backend.jobs.maintenance import sweep as sweep_projects
 from backend.queue import KINDS
@@ -27,6 +28,7 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, burst: bool =
     write fails, and RQ's worker quits (or raises, when Redis is still down for its teardown). Unless it
     was asked to stop, this waits for Redis and goes on with a fresh worker (sweeping again for the events
     lost meanwhile)."""
+    return_freed_memory()
     # No socket timeout here: the worker blocks on Redis for new jobs.
     connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
     context = init(settings, connection)
