@@ -158,3 +158,16 @@ def test_bench_scale_runs_end_to_end(tmp_path, db):
     assert sum(final["prediction_rows_by_version"].values()) == final["prediction_rows"]
     assert isinstance(final["tasks_with_several_predictions"], int) and results["memory_mib"]["worker_peak"] > 0
     assert "| target | measured | met |" in done.stdout and "| 2 |" in done.stdout
+
+
+def test_memory_by_n_measures_each_size_in_its_own_process(tmp_path):
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(30)) + "\n")
+    done = subprocess.run([sys.executable, "benchmarks/memory_by_n.py", "--data", str(data), "--n", "200", "40000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 200") or
+            line.startswith("| 40,000")]
+    assert [r[0].strip() for r in rows] == ["200", "40,000"]
+    small, large = (int(r[4]) for r in rows)
+    assert large > small + 100  # 80,000 feature rows of 1.5 KiB alone are ~117 MiB
