@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from model.pairs import PreferencePair
+from model.stats import wilson_interval
 from model.tuning import prompt_hash, read_tuning
 from model.winrate import judge_note, promotion, win_rate_report
 
@@ -69,10 +70,13 @@ def train_judge(pairs: list[PreferencePair], config, out_dir, progress: Progress
     from model.reward.train import train_reward_model
 
     metrics = train_reward_model(pairs, config, Path(out_dir), progress=progress)
+    accuracy, n = metrics["val_accuracy"], metrics["n_val"]
+    # Wilson's interval, not the bootstrap's: resampling two pairs the judge both got right gives
+    # [100%, 100%], and promotion would trust a judge tested on two pairs.
+    interval = list(wilson_interval(accuracy * n, n)) if accuracy is not None and n else None
     info = {"judge": f"reward model ({config.mode} mode, {config.base_model}) trained on {metrics['n_train']} "
                      "held-out pairs", "path": str(out_dir), "trained_pairs": metrics["n_train"],
-            "accuracy": metrics["val_accuracy"], "accuracy_ci": metrics["val_accuracy_ci"],
-            "accuracy_pairs": metrics["n_val"]}
+            "accuracy": accuracy, "accuracy_ci": interval, "accuracy_pairs": n}
     return RewardModel.load(out_dir), info
 
 

@@ -144,8 +144,11 @@ class ExportOnlyLabelStudio:
     def __init__(self, tasks):
         self._tasks = tasks
 
-    def tasks(self, project, query, page_size=100):
-        return iter([])
+    def newest_update(self, project):
+        return "2026-01-01T00:00:00Z"
+
+    def tasks_changed_since(self, project, cursor):
+        return [], cursor
 
     def export(self, project, ids=None):
         return json.loads(json.dumps(self._tasks))

@@ -14,6 +14,7 @@ import pytest
 from tiny_models import tiny_causal_lm, tiny_encoder
 
 from backend.generators import ProjectGenerators, describe
+from model.comparison import train_judge
 from model.generation.types import GenerationConfig
 from model.pairs import PreferencePair
 from model.reward.config import TrainConfig
@@ -101,6 +102,12 @@ def test_a_round_writes_an_evaluated_version_and_serves_it_only_as_promotion_say
     assert outcome["started_from"] == "v2" and store.current(7) == "v3"  # round 3 tuned the served v2
     assert store.metrics(7, "v3", "tuning.json")["base"] == str(store.path(7, "v2"))
     assert store.metrics(7, "v3", EVALUATION_FILE)["base_version"] == "v2"
+
+
+def test_a_judge_tested_on_two_pairs_cannot_vouch_for_a_round(models, tmp_path):
+    """It may get both right: its interval must still reach below 50% (a bootstrap's would be [100%, 100%])."""
+    _, info = train_judge(pairs_for(questions(11)), round_config(models).judge, tmp_path)
+    assert info["accuracy_pairs"] == 2 and info["accuracy_ci"][0] < 0.5
 
 
 def test_a_round_without_pairs_to_tune_on_is_skipped(models, tmp_path):
