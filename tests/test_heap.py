@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,8 +37,9 @@ print(before - rss())
 
 
 def released_mib(fix: bool) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT), fix=fix)], capture_output=True,
-                         text=True, check=True, timeout=120)
+                         text=True, check=True, timeout=120, env=env)
     return int(out.stdout.split()[-1])
 
 
@@ -45,3 +47,10 @@ def released_mib(fix: bool) -> int:
 def test_freed_tensors_leave_the_process_with_the_fix_and_stay_without_it():
     assert released_mib(fix=True) >= 250  # 39 of the 40 blocks (312 MiB) returned
     assert released_mib(fix=False) < 100  # glibc's default keeps them
+
+
+def test_a_threshold_chosen_in_the_environment_is_kept(monkeypatch):
+    from backend.heap import return_freed_memory
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "16777216")
+    assert return_freed_memory() is False
