@@ -171,3 +171,19 @@ def test_memory_by_n_measures_each_size_in_its_own_process(tmp_path):
     assert [r[0].strip() for r in rows] == ["200", "40,000"]
     small, large = (int(r[4]) for r in rows)
     assert large > small + 100  # 80,000 feature rows of 1.5 KiB alone are ~117 MiB
+
+
+def test_bench_heap_measures_each_threshold(tmp_path):
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(20)) + "\n")
+    done = subprocess.run([sys.executable, "benchmarks/bench_heap.py", "--data", str(data), "--pairs", "20",
+                           "--thresholds", "0", "131072", "--repeats", "1", "--threads", "1",
+                           "--base-model", str(tiny_encoder(tmp_path / "enc"))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| glibc's default") or
+            line.startswith("| 128 KiB")]
+    assert len(rows) == 2
+    for row in rows:
+        seconds, rss, peak = (cell.strip().split("-")[0].replace(",", "") for cell in row.split("|")[2:5])
+        assert float(seconds) >= 0 and 100 < int(rss) <= int(peak)  # torch alone is ~280 MiB
