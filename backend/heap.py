@@ -6,8 +6,8 @@ tensors come from the heap, and a process that runs for days keeps the peak of i
 A fixed threshold (setting it also stops the raising) maps large blocks and unmaps them when they are freed.
 Measured on encoding 1,200 answers with MiniLM: resident 741-904 -> 473 MiB, peak 872-1,047 -> 604 MiB, for
 ~20% more time (the page faults of mapping each batch's tensors afresh; BENCHMARKS.md, "Scale"). A process
-started with glibc's own MALLOC_MMAP_THRESHOLD_ set keeps that choice (16777216: the speed back, most of the
-memory too)."""
+started with glibc's own MALLOC_MMAP_THRESHOLD_ set keeps that choice (16777216: the speed back, and part
+of the memory saving)."""
 
 from __future__ import annotations
 
