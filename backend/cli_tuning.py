@@ -38,7 +38,8 @@ def tune_config(args, settings: Settings):
 
     overrides = {"epochs": args.epochs, "learning_rate": args.learning_rate, "beta": args.beta,
                  "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "lora_r": args.lora_r,
-                 "max_prompt_tokens": args.max_prompt_tokens, "max_length": args.max_length, "seed": args.seed}
+                 "lora_layers": args.lora_layers, "max_prompt_tokens": args.max_prompt_tokens,
+                 "max_length": args.max_length, "seed": args.seed}
     return TuneConfig(time_budget=args.time_budget, bf16=not args.no_bf16, system_prompt=settings.system_prompt,
                       threads=settings.torch_threads, cache_dir=settings.model_dir / "generator-cache",
                       **{k: v for k, v in overrides.items() if v is not None})
@@ -61,7 +62,7 @@ def queue_tune(args, settings: Settings) -> int:
     from backend.queue import JobQueue, connect_redis
 
     local = ("data", "out", "base", "time_budget", "epochs", "learning_rate", "beta", "batch_size",
-             "micro_batch_size", "lora_r", "max_prompt_tokens", "max_length", "seed", "label_config")
+             "micro_batch_size", "lora_r", "lora_layers", "max_prompt_tokens", "max_length", "seed", "label_config")
     given = [f"--{name.replace('_', '-')}" for name in local if getattr(args, name) is not None]
     if given:
         raise ConfigError(f"--project queues a round on the worker, which takes its settings from the environment "
@@ -234,14 +235,15 @@ def register(subparsers) -> None:
                     "TUNE_EVAL_PROMPTS), keeps the evaluation beside it, and serves it only when TUNE_PROMOTE says "
                     "so; see `rlhf-backend versions --project N --generator`. "
                     "With --data and --out: train the generator on preference pairs here, with DPO (TRL's "
-                    "DPOTrainer, a LoRA adapter on every "
-                    "linear layer, merged into the weights at the end) and write a new generator version: a "
+                    "DPOTrainer, each prompt read once for both answers, a LoRA adapter on every "
+                    "linear layer of the top layers, merged into the weights at the end) and write a new generator "
+                    "version: a "
                     "save_pretrained folder that AutoModelForCausalLM.from_pretrained and `rlhf-backend generate "
                     "--model FOLDER` load unchanged, with tuning.json (base, data, held-out share, settings, "
                     "training figures, the hashes of the prompts tuned on). A share of the prompts (--holdout) is "
                     "left out, so that `rlhf-backend compare` can judge the version on prompts it never saw. "
                     "Prints the version's folder as the last line of stdout. Defaults suit a CPU: bf16 only where "
-                    "it is native, one pair per forward pass.")
+                    "it is native, four pairs per forward pass, the adapter on the top third of the layers.")
     p.add_argument("--project", type=int, metavar="N", help="queue Label Studio project N's tuning round on the "
                    "worker instead of tuning here (needs Redis at REDIS_URL; the TUNE_* settings apply)")
     p.add_argument("--data", metavar="FILE", help=_data_help())
@@ -260,9 +262,13 @@ def register(subparsers) -> None:
                    "(default 0.1)")
     p.add_argument("--batch-size", type=positive_int, help="pairs per optimizer step (default 8)")
     p.add_argument("--micro-batch-size", type=positive_int,
-                   help="pairs per forward pass (default 1 on a CPU, which keeps memory under ~3 GiB; the batch "
-                        "size on a GPU)")
+                   help="pairs per forward pass, a row each (default 4 on a CPU, under 4 GiB at hh-rlhf lengths; "
+                        "the batch size on a GPU)")
     p.add_argument("--lora-r", type=positive_int, help="LoRA rank (default 16; alpha is twice the rank)")
+    p.add_argument("--lora-layers", type=positive_int, metavar="N",
+                   help="put the adapter on the top N decoder layers only: the layers below need no backward pass "
+                        "and the reference reuses their output (default a third of the layers on a CPU, all on a "
+                        "GPU)")
     p.add_argument("--max-prompt-tokens", type=positive_int, help="a longer prompt loses its oldest turns "
                    "(default 256)")
     p.add_argument("--max-length", type=positive_int, help="prompt + answer tokens (default 512)")

@@ -102,7 +102,8 @@ def run_round(name: str, policy: str, pairs: list[PreferencePair], args, store, 
     """Tune `policy` on `pairs` into a new version, answer the evaluation prompts with it, judge it."""
     started = time.monotonic()
     config = TuneConfig(learning_rate=args.learning_rate, beta=args.beta, epochs=args.epochs,
-                        max_prompt_tokens=args.max_prompt_tokens, max_length=args.max_length, seed=args.seed,
+                        lora_layers=args.lora_layers, max_prompt_tokens=args.max_prompt_tokens,
+                        max_length=args.max_length, seed=args.seed,
                         threads=args.threads, cache_dir=args.out / "generator-cache")
     b, progress = bar(f"{name}: tuning")
     with b, store.new_version(PROJECT) as pending:
@@ -182,6 +183,8 @@ def main() -> None:
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--lora-layers", type=int, default=None,
+                   help="adapter on the top N decoder layers (default: tune's, a third of them on a CPU)")
     p.add_argument("--no-flipped", action="store_true", help="skip the flipped-label control round")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

@@ -1,5 +1,5 @@
-"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter (peft) on every linear
-layer, merged into the weights at the end, so what is saved is a plain causal LM.
+"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter on every linear layer of
+the top decoder layers, merged into the weights at the end, so what is saved is a plain causal LM.
 
 `tune(pairs, base, out_dir, config, progress)` writes into `out_dir` a `save_pretrained` folder that
 `AutoModelForCausalLM.from_pretrained` and `model.generation` load unchanged, plus `tuning.json` (what it was
@@ -12,11 +12,13 @@ ending with EOS. Prompts lose their oldest turns beyond `max_prompt_tokens` (the
 latest turns carry the question). The reference model is the base itself (the adapter switched off).
 A pair's `weight` is not used: every pair counts once.
 
-Where the time goes on a CPU (BENCHMARKS.md): every pair costs a forward and backward pass over the prompt
-and both answers plus a reference forward pass; bf16 runs as autocast over fp32 weights where the CPU (or
-GPU) has native bf16, so the merge happens in fp32 and loses nothing; no gradient checkpointing (135M
-parameters fit); one pair per forward pass on a CPU keeps the memory under ~3 GiB (gradients accumulate
-over `batch_size` pairs), and on a GPU pairs of similar length share a batch.
+Where the time goes on a CPU (BENCHMARKS.md): every pair costs a forward pass of the policy and of the
+reference and a backward pass, over the prompt and both answers. Three things cut it (model/tuning_packed.py):
+the prompt is read once for both answers (a pair is one row); the adapter sits on the top third
+of the layers only, so the backward pass stops there; and the reference takes the policy's output of the
+layers below instead of computing them again. bf16 runs as autocast over fp32 weights where the CPU (or GPU)
+has native bf16, so the merge happens in fp32 and loses nothing; no gradient checkpointing (135M parameters
+fit). On a GPU the adapter covers every layer and a micro-batch is the whole batch.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from model.conversation import prompt_messages, prompt_text
 from model.pairs import PreferencePair
 
 TUNING_FILE = "tuning.json"
+CPU_MICRO_BATCH = 4  # pairs per forward pass on a CPU: 3.7 GiB peak over 1,000 hh-rlhf pairs (BENCHMARKS.md)
 Progress = Callable[[float, str], None]
 
 
@@ -49,9 +52,11 @@ class TuneConfig:
     learning_rate: float = 5e-5       # of the LoRA weights (DPO on all weights takes ~1e-6)
     beta: float = 0.1                 # DPO's KL strength: higher stays closer to the base
     batch_size: int = 8               # pairs per optimizer step
-    micro_batch_size: int | None = None  # pairs per forward/backward pass; None: 1 on a CPU (memory), batch_size on a GPU
+    micro_batch_size: int | None = None  # pairs per forward/backward pass; None: 4 on a CPU, batch_size on a GPU
     lora_r: int = 16
     lora_alpha: int | None = None     # None: twice the rank
+    lora_layers: int | None = None    # adapter on the top N decoder layers; None: a third of them on a CPU, all on a GPU
+    packed: bool = True               # a pair as one row, its prompt read once (tuning_packed); False: TRL's rows
     max_prompt_tokens: int = 256      # a longer prompt loses its oldest turns
     max_length: int = 512             # prompt + answer tokens; a longer answer is cut at the end
     time_budget: float | None = None  # seconds from the start of tune() to the last training step
@@ -67,8 +72,8 @@ class TuneConfig:
         for name in ("epochs", "learning_rate", "beta"):
             if not getattr(self, name) > 0:
                 raise TuningError(f"{name} must be more than 0, got {getattr(self, name)}")
-        for name in ("batch_size", "lora_r"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "lora_r", "lora_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TuningError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise TuningError(f"micro_batch_size must be between 1 and batch_size ({self.batch_size}), "
@@ -166,7 +171,8 @@ def fit_prompt(tok, prompt: str, system: str | None, max_tokens: int):
 
 
 def dpo_rows(tok, pairs: list[PreferencePair], config: TuneConfig) -> tuple[list[dict], list[int]]:
-    """TRL preference rows (conversational for a chat model, else text) and each row's length in tokens."""
+    """TRL preference rows (conversational for a chat model, else text) and each pair's length in tokens as
+    one packed row (prompt and both answers)."""
     rows, lengths = [], []
     for p in pairs:
         prompt, n_prompt = fit_prompt(tok, p.prompt, config.system_prompt, config.max_prompt_tokens)
@@ -177,8 +183,8 @@ def dpo_rows(tok, pairs: list[PreferencePair], config: TuneConfig) -> tuple[list
         else:
             row = {"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected}
         rows.append(row)
-        answer = max(len(tok(chosen)["input_ids"]), len(tok(rejected)["input_ids"]))
-        lengths.append(min(n_prompt + answer, config.max_length))
+        room = config.max_length - n_prompt
+        lengths.append(n_prompt + sum(min(len(tok(a)["input_ids"]), room) for a in (chosen, rejected)))
     return rows, lengths
 
 
@@ -238,14 +244,18 @@ def tune(pairs: list[PreferencePair], base: str, out_dir, config: TuneConfig = T
     tok, model = load_base(base, config.cache_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mixed = precision(device, config.bf16)
-    micro = config.micro_batch_size or (config.batch_size if device == "cuda" else 1)
+    on_gpu = device == "cuda"
+    micro = config.micro_batch_size or (config.batch_size if on_gpu else min(CPU_MICRO_BATCH, config.batch_size))
+    layers = model.config.num_hidden_layers
+    lora_layers = min(config.lora_layers or (layers if on_gpu else math.ceil(layers / 3)), layers)
     rows, lengths = dpo_rows(tok, usable, config)
     rows = [rows[i] for i in length_grouped_order(lengths, micro, config.seed)]
     if config.time_budget is not None and time.monotonic() - started >= config.time_budget:
         raise TuningError(f"the time budget of {config.time_budget:g} s ran out while loading the base model; "
                           "give it more time")
     with tempfile.TemporaryDirectory(prefix="rlhf-tune-") as scratch:
-        model, trained = train_dpo(model, tok, rows, config, micro, mixed, device, scratch, started, report)
+        model, trained = train_dpo(model, tok, rows, config, micro, lora_layers, mixed, device, scratch, started,
+                                   report)
     report(0.96, "saving the merged model")
     import peft
     import trl
@@ -262,7 +272,7 @@ def tune(pairs: list[PreferencePair], base: str, out_dir, config: TuneConfig = T
         "prompt_hashes": sorted({prompt_hash(p.prompt) for p in usable}),
         "format": "conversational" if tok.chat_template else "text",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "micro_batch_size": micro, "device": device, "precision": mixed,
+        "micro_batch_size": micro, "lora_layers": lora_layers, "device": device, "precision": mixed,
         **trained, "seconds": round(time.monotonic() - started, 1), "peak_rss_gib": round(_peak_rss_gib(), 2),
         "trl": trl.__version__, "peft": peft.__version__,
     }

@@ -1,5 +1,6 @@
-"""The TRL side of generator tuning: DPOTrainer with a LoRA adapter on every linear layer, a clock that stops
-at the time budget, progress, and the merge of the adapter into the weights."""
+"""The TRL side of generator tuning: DPOTrainer over packed rows (model/tuning_packed.py; TRL's own rows for
+an attention that takes no 4D mask) with a LoRA adapter on every linear layer of the top layers, a clock that
+stops at the time budget, progress, and the merge of the adapter into the weights."""
 
 from __future__ import annotations
 
@@ -91,14 +92,17 @@ def _summary(logs: list[dict], steps: int) -> dict:
                 for h in logs]}
 
 
-def train_dpo(model, tok, rows: list[dict], config: TuneConfig, micro: int, mixed: str, device: str,
-              scratch: str, started: float, report: Progress):
-    """Train a LoRA adapter on `rows` (TRL preference rows, in the order to train on) with DPO; return the
-    merged fp32 model on the CPU and the training figures."""
+def train_dpo(model, tok, rows: list[dict], config: TuneConfig, micro: int, lora_layers: int, mixed: str,
+              device: str, scratch: str, started: float, report: Progress):
+    """Train a LoRA adapter on the top `lora_layers` decoder layers with DPO on `rows` (TRL preference rows, in
+    the order to train on); return the merged fp32 model on the CPU and the training figures."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
+
+    from model.tuning_packed import PackedDPOTrainer, PairRows, packs
 
     args = DPOConfig(
         output_dir=scratch, per_device_train_batch_size=micro,
@@ -107,13 +111,23 @@ def train_dpo(model, tok, rows: list[dict], config: TuneConfig, micro: int, mixe
         bf16=mixed == "bf16", fp16=mixed == "fp16", use_cpu=device == "cpu", activation_checkpointing=False,
         train_sampling_strategy="sequential",  # rows come length-grouped and shuffled (tuning.length_grouped_order)
         save_strategy="no", report_to=[], logging_steps=1, disable_tqdm=True, seed=config.seed)
+    n_layers = model.config.num_hidden_layers
+    top = list(range(n_layers - lora_layers, n_layers)) if lora_layers < n_layers else None
+    # peft takes a layer selection only with module names: every linear layer's, as "all-linear" picks them
+    linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and name != "lm_head"}) if top else "all-linear"
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+                      target_modules=linears, task_type="CAUSAL_LM", layers_to_transform=top)
     clock = _callback(started, config.time_budget, report)
     report(0.03, f"preparing {len(rows)} pairs")
     with _quiet_datasets():
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=lora, callbacks=[clock])
+        common = dict(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                      peft_config=lora, callbacks=[clock])
+        if config.packed and packs(model):
+            trainer = PackedDPOTrainer(**common, data_collator=PairRows(config.max_length, tok.pad_token_id),
+                                       first_adapted=top[0] if top else 0)
+        else:
+            trainer = DPOTrainer(**common)
     trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
     if len(trainer.train_dataset) == 0:
         raise TuningError(f"every prompt is longer than max_length ({config.max_length} tokens); raise it")

@@ -33,14 +33,14 @@ def build_tokenizer():
                                    eos_token="<|im_end|>", unk_token="<unk>", chat_template=CHAT_TEMPLATE)
 
 
-def tiny_causal_lm(folder: str | Path, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide Llama with a ChatML tokenizer, saved to `folder`."""
+def tiny_causal_lm(folder: str | Path, seed: int = 0, layers: int = 2) -> Path:
+    """A 32-wide Llama of `layers` layers with a ChatML tokenizer, saved to `folder`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
