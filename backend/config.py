@@ -99,6 +99,8 @@ OPTIONS: tuple[Option, ...] = (
            "evaluation (more: a tighter win-rate interval, longer rounds)."),
     Option("TUNE_TIME_BUDGET", "1200", "Seconds of DPO training per tuning round (at most 60% of JOB_TIMEOUT: "
            "the round also loads, evaluates and saves); training stops there and keeps what it learned."),
+    Option("TUNE_LORA_LAYERS", None, "Decoder layers, from the top, that carry the tuning adapter (unset: a third "
+           "of them on a CPU, a round in half the time and a smaller gain; all of them on a GPU; BENCHMARKS.md)."),
     Option("TUNE_PROMOTE", "if-better", "if-better (serve a tuned version only when its evaluation says promote), "
            "always (serve every tuned version, e.g. when people judge it) or never (activate by hand)."),
 )
@@ -154,6 +156,7 @@ class Settings:
     tune_holdout: float
     tune_eval_prompts: int
     tune_time_budget: int
+    tune_lora_layers: int | None
     tune_promote: str
 
     @property
@@ -290,6 +293,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tune_holdout=number("TUNE_HOLDOUT", 0.0, 0.9),
         tune_eval_prompts=integer("TUNE_EVAL_PROMPTS", 1),
         tune_time_budget=integer("TUNE_TIME_BUDGET", 1),
+        tune_lora_layers=optional_int("TUNE_LORA_LAYERS", 1),
         tune_promote=choice("TUNE_PROMOTE", ("if-better", "always", "never")),
     )
 
@@ -309,10 +313,11 @@ def generation_config(settings: Settings):
 
 def tuning_config(settings: Settings):
     """A worker's tuning round's DPO settings: TuneConfig's defaults, the generator's system prompt and threads,
-    and TUNE_TIME_BUDGET within 60% of JOB_TIMEOUT."""
+    TUNE_LORA_LAYERS, and TUNE_TIME_BUDGET within 60% of JOB_TIMEOUT."""
     from model.tuning import TuneConfig
 
     return TuneConfig(time_budget=min(settings.tune_time_budget, 0.6 * settings.job_timeout),
+                      lora_layers=settings.tune_lora_layers,
                       system_prompt=settings.system_prompt, threads=settings.torch_threads,
                       cache_dir=settings.model_dir / "generator-cache")
 

@@ -38,6 +38,15 @@ def test_training_settings_reach_the_train_config():
     assert (config.mode, config.members, config.pooling) == ("full", 3, "cls")
 
 
+def test_the_tuning_adapters_layers_reach_the_tuning_config():
+    from backend.config import tuning_config
+
+    assert tuning_config(load_settings({})).lora_layers is None  # tune() picks by device
+    assert tuning_config(load_settings({"TUNE_LORA_LAYERS": "30"})).lora_layers == 30
+    with pytest.raises(ConfigError, match="TUNE_LORA_LAYERS"):
+        load_settings({"TUNE_LORA_LAYERS": "0"})
+
+
 def test_candidates_reach_the_generation_config():
     from backend.config import generation_config
 

@@ -195,6 +195,7 @@ def test_tuning_the_packaged_smollm2(tmp_path):
     out = tmp_path / "v"
     out.mkdir()
     record = tune(pairs, "smollm2", out, TuneConfig(batch_size=2, cache_dir=tmp_path / "cache"))
-    assert record["steps"] == 1 and record["format"] == "conversational"
+    assert record["steps"] == 1 and record["format"] == "conversational" and record["packed_rows"]
+    assert record["lora_layers"] == (30 if record["device"] == "cuda" else 10)  # SmolLM2-135M has 30 layers
     results = load_generator(GenerationConfig(model=str(out), max_new_tokens=16, seed=0)).generate(["Say hello."])
     assert results[0].error is None and all(a.strip() for a in results[0].answers)
