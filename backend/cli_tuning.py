@@ -236,14 +236,14 @@ def register(subparsers) -> None:
                     "so; see `rlhf-backend versions --project N --generator`. "
                     "With --data and --out: train the generator on preference pairs here, with DPO (TRL's "
                     "DPOTrainer, each prompt read once for both answers, a LoRA adapter on every "
-                    "linear layer of the top layers, merged into the weights at the end) and write a new generator "
+                    "linear layer, merged into the weights at the end) and write a new generator "
                     "version: a "
                     "save_pretrained folder that AutoModelForCausalLM.from_pretrained and `rlhf-backend generate "
                     "--model FOLDER` load unchanged, with tuning.json (base, data, held-out share, settings, "
                     "training figures, the hashes of the prompts tuned on). A share of the prompts (--holdout) is "
                     "left out, so that `rlhf-backend compare` can judge the version on prompts it never saw. "
                     "Prints the version's folder as the last line of stdout. Defaults suit a CPU: bf16 only where "
-                    "it is native, four pairs per forward pass, the adapter on the top third of the layers.")
+                    "it is native, two pairs per forward pass.")
     p.add_argument("--project", type=int, metavar="N", help="queue Label Studio project N's tuning round on the "
                    "worker instead of tuning here (needs Redis at REDIS_URL; the TUNE_* settings apply)")
     p.add_argument("--data", metavar="FILE", help=_data_help())
@@ -262,13 +262,12 @@ def register(subparsers) -> None:
                    "(default 0.1)")
     p.add_argument("--batch-size", type=positive_int, help="pairs per optimizer step (default 8)")
     p.add_argument("--micro-batch-size", type=positive_int,
-                   help="pairs per forward pass, a row each (default 4 on a CPU, under 4 GiB at hh-rlhf lengths; "
-                        "the batch size on a GPU)")
+                   help="pairs per forward pass, a row each (default 2 on a CPU; the batch size on a GPU)")
     p.add_argument("--lora-r", type=positive_int, help="LoRA rank (default 16; alpha is twice the rank)")
     p.add_argument("--lora-layers", type=positive_int, metavar="N",
                    help="put the adapter on the top N decoder layers only: the layers below need no backward pass "
-                        "and the reference reuses their output (default a third of the layers on a CPU, all on a "
-                        "GPU)")
+                        "and the reference reuses their output, so a third of the layers takes about half the "
+                        "time and memory, but a round gains less (default: all layers)")
     p.add_argument("--max-prompt-tokens", type=positive_int, help="a longer prompt loses its oldest turns "
                    "(default 256)")
     p.add_argument("--max-length", type=positive_int, help="prompt + answer tokens (default 512)")

@@ -184,7 +184,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--epochs", type=float, default=2)
     p.add_argument("--lora-layers", type=int, default=None,
-                   help="adapter on the top N decoder layers (default: tune's, a third of them on a CPU)")
+                   help="adapter on the top N decoder layers only (default: tune's, all)")
     p.add_argument("--no-flipped", action="store_true", help="skip the flipped-label control round")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

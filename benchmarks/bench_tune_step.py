@@ -7,9 +7,9 @@ process's peak resident memory:
 - `trl`: TRL's DPOTrainer as it comes: two rows a pair (the prompt read twice), the adapter on every layer,
   one pair per forward pass (the CPU default before packing);
 - `packed`: a pair as one row, its prompt read once (model/tuning_packed.py), the adapter on every layer,
-  four pairs per forward pass;
-- `packed-top`: the same with the adapter on the top third of the layers, the reference reusing the layers
-  below (the CPU default).
+  two pairs per forward pass (the CPU default);
+- `packed-top`: the same with the adapter on the top --top-layers layers only (10: a third of SmolLM2's), the
+  reference reusing the layers below, four pairs per forward pass.
 
     python benchmarks/bench_tune_step.py --data ../shared/data/hh-harmless-base-test-first1800.jsonl
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = {"trl": {"packed": False, "lora_layers": 10 ** 6, "micro_batch_size": 1},
-           "packed": {"packed": True, "lora_layers": 10 ** 6, "micro_batch_size": 4},
-           "packed-top": {"packed": True}}
+CONFIGS = {"trl": {"packed": False, "micro_batch_size": 1},
+           "packed": {},
+           "packed-top": {"micro_batch_size": 4}}  # and lora_layers=--top-layers
 
 
 def run_one(args) -> dict:
@@ -39,7 +39,8 @@ def run_one(args) -> dict:
 
     pairs = usable_pairs(read_pairs(args.data))[:args.pairs]
     ends = []
-    config = TuneConfig(threads=args.threads, seed=args.seed, **CONFIGS[args.one])
+    top = {"lora_layers": args.top_layers} if args.one == "packed-top" else {}
+    config = TuneConfig(threads=args.threads, seed=args.seed, **CONFIGS[args.one], **top)
     with tempfile.TemporaryDirectory() as out:
         record = tune(pairs, args.base, out, config,
                       lambda fraction, message: ends.append(time.monotonic()) if message.startswith("step") else None)
@@ -58,6 +59,7 @@ def main() -> int:
     p.add_argument("--project", type=int, default=1000, help="pairs to project the time of a round for")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--base", default="smollm2", help="generator to tune (default smollm2)")
+    p.add_argument("--top-layers", type=int, default=10, help="packed-top's adapter layers (default 10)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="write the rows here too")

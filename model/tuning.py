@@ -1,5 +1,5 @@
-"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter on every linear layer of
-the top decoder layers, merged into the weights at the end, so what is saved is a plain causal LM.
+"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter on every linear layer,
+merged into the weights at the end, so what is saved is a plain causal LM.
 
 `tune(pairs, base, out_dir, config, progress)` writes into `out_dir` a `save_pretrained` folder that
 `AutoModelForCausalLM.from_pretrained` and `model.generation` load unchanged, plus `tuning.json` (what it was
@@ -13,19 +13,18 @@ latest turns carry the question). The reference model is the base itself (the ad
 A pair's `weight` is not used: every pair counts once.
 
 Where the time goes on a CPU (BENCHMARKS.md): every pair costs a forward pass of the policy and of the
-reference and a backward pass, over the prompt and both answers. Three things cut it (model/tuning_packed.py):
-the prompt is read once for both answers (a pair is one row); the adapter sits on the top third
-of the layers only, so the backward pass stops there; and the reference takes the policy's output of the
-layers below instead of computing them again. bf16 runs as autocast over fp32 weights where the CPU (or GPU)
-has native bf16, so the merge happens in fp32 and loses nothing; no gradient checkpointing (135M parameters
-fit). On a GPU the adapter covers every layer and a micro-batch is the whole batch.
+reference and a backward pass, over the prompt and both answers. The prompt is read once for both answers (a
+pair is one row: model/tuning_packed.py), which changes no log-probability. `lora_layers` puts the adapter on
+the top layers only: the backward pass stops there and the reference reuses the policy's output of the
+layers below, about half the time for a third of the layers, but a round gains less. bf16 runs as autocast
+over fp32 weights where the CPU (or GPU) has native bf16, so the merge happens in fp32 and loses nothing; no
+gradient checkpointing (135M parameters fit). On a GPU a micro-batch is the whole batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import resource
 import tempfile
@@ -38,7 +37,7 @@ from model.conversation import prompt_messages, prompt_text
 from model.pairs import PreferencePair
 
 TUNING_FILE = "tuning.json"
-CPU_MICRO_BATCH = 4  # pairs per forward pass on a CPU: 3.7 GiB peak over 1,000 hh-rlhf pairs (BENCHMARKS.md)
+CPU_MICRO_BATCH = 2  # pairs per forward pass on a CPU: the activations of every layer are kept (BENCHMARKS.md)
 Progress = Callable[[float, str], None]
 
 
@@ -52,10 +51,10 @@ class TuneConfig:
     learning_rate: float = 5e-5       # of the LoRA weights (DPO on all weights takes ~1e-6)
     beta: float = 0.1                 # DPO's KL strength: higher stays closer to the base
     batch_size: int = 8               # pairs per optimizer step
-    micro_batch_size: int | None = None  # pairs per forward/backward pass; None: 4 on a CPU, batch_size on a GPU
+    micro_batch_size: int | None = None  # pairs per forward/backward pass; None: 2 on a CPU, batch_size on a GPU
     lora_r: int = 16
     lora_alpha: int | None = None     # None: twice the rank
-    lora_layers: int | None = None    # adapter on the top N decoder layers; None: a third of them on a CPU, all on a GPU
+    lora_layers: int | None = None    # adapter on the top N decoder layers only (faster, gains less); None: all
     packed: bool = True               # a pair as one row, its prompt read once (tuning_packed); False: TRL's rows
     max_prompt_tokens: int = 256      # a longer prompt loses its oldest turns
     max_length: int = 512             # prompt + answer tokens; a longer answer is cut at the end
@@ -247,7 +246,7 @@ def tune(pairs: list[PreferencePair], base: str, out_dir, config: TuneConfig = T
     on_gpu = device == "cuda"
     micro = config.micro_batch_size or (config.batch_size if on_gpu else min(CPU_MICRO_BATCH, config.batch_size))
     layers = model.config.num_hidden_layers
-    lora_layers = min(config.lora_layers or (layers if on_gpu else math.ceil(layers / 3)), layers)
+    lora_layers = min(config.lora_layers or layers, layers)
     rows, lengths = dpo_rows(tok, usable, config)
     rows = [rows[i] for i in length_grouped_order(lengths, micro, config.seed)]
     if config.time_budget is not None and time.monotonic() - started >= config.time_budget:

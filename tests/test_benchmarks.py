@@ -194,12 +194,13 @@ def test_bench_tune_step_runs_every_configuration_on_the_same_pairs(tmp_path):
     data.write_text("\n".join(hh_style_lines(30)) + "\n")
     out = tmp_path / "steps.json"
     command = [sys.executable, "benchmarks/bench_tune_step.py", "--data", str(data), "--pairs", "24",
-               "--base", str(tiny_causal_lm(tmp_path / "llama", layers=3)), "--threads", "1", "--json-out", str(out)]
+               "--base", str(tiny_causal_lm(tmp_path / "llama", layers=3)), "--top-layers", "1", "--threads", "1",
+               "--json-out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
     assert {name: (r["lora_layers"], r["micro_batch_size"], r["pairs"], r["steps"]) for name, r in rows.items()} == {
-        "trl": (3, 1, 24, 3), "packed": (3, 4, 24, 3), "packed-top": (1, 4, 24, 3)}
+        "trl": (3, 1, 24, 3), "packed": (3, 2, 24, 3), "packed-top": (1, 4, 24, 3)}
     assert all(r["seconds_per_step"] > 0 and r["peak_rss_gib"] > 0 for r in rows.values())
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 4 and table[3].startswith("| packed-top | 1 | 4 |")  # the header, a row per configuration

@@ -178,7 +178,8 @@ def test_a_version_tuned_on_flipped_labels_is_not_promoted(base, tmp_path):
         pairs = [PreferencePair(q, *((a[0], "Paris") if flip else ("Paris", a[0]))) for q, a in zip(train_prompts, own)]
         out = tmp_path / name
         out.mkdir()
-        tune(pairs, str(base), out, TuneConfig(**{**FAST, "epochs": 6}))
+        # the adapter on the top layer only: the whole path where the reference reuses the layers below
+        tune(pairs, str(base), out, TuneConfig(**{**FAST, "epochs": 6}, lora_layers=1))
         report = compare_answers(eval_prompts, base_answers, answer(str(out), eval_prompts, generation),
                                  CountJudge(), judge)
         verdicts[name] = (report["lc_win_rate"], report["promotion"]["promote"])
@@ -196,6 +197,6 @@ def test_tuning_the_packaged_smollm2(tmp_path):
     out.mkdir()
     record = tune(pairs, "smollm2", out, TuneConfig(batch_size=2, cache_dir=tmp_path / "cache"))
     assert record["steps"] == 1 and record["format"] == "conversational" and record["packed_rows"]
-    assert record["lora_layers"] == (30 if record["device"] == "cuda" else 10)  # SmolLM2-135M has 30 layers
+    assert record["lora_layers"] == 30  # SmolLM2-135M's every layer
     results = load_generator(GenerationConfig(model=str(out), max_new_tokens=16, seed=0)).generate(["Say hello."])
     assert results[0].error is None and all(a.strip() for a in results[0].answers)
