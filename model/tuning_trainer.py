@@ -1,6 +1,6 @@
 """The TRL side of generator tuning: DPOTrainer over packed rows (model/tuning_packed.py; TRL's own rows for
-an attention that takes no 4D mask) with a LoRA adapter on every linear layer of the top layers, a clock that
-stops at the time budget, progress, and the merge of the adapter into the weights."""
+an attention that takes no 4D mask) with a LoRA adapter on every linear layer (of the top `lora_layers`
+layers), a clock that stops at the time budget, progress, and the merge of the adapter into the weights."""
 
 from __future__ import annotations
 
