@@ -241,6 +241,19 @@ def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
     return pairs[:args.train], pairs[-args.test:]
 
 
+def cut_prompts(pairs: list, args) -> list:
+    """The pairs with each prompt cut to its last --prompt-tokens tokens (at a token boundary)."""
+    from model.reward.model import load_tokenizer, resolve_base_model
+
+    tok = load_tokenizer(resolve_base_model(args.base_model))
+
+    def cut(prompt: str) -> str:
+        offsets = tok(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        return prompt if len(offsets) <= args.prompt_tokens else prompt[offsets[-args.prompt_tokens][0]:]
+
+    return [dataclasses.replace(p, prompt=cut(p.prompt)) for p in pairs]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_split_arguments(parser)
@@ -263,6 +276,10 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--calibrate", action="store_true",
                         help="ours: fit a temperature on the held-out pairs (TrainConfig.calibrate)")
+    parser.add_argument("--prompt-tokens", type=int, default=None,
+                        help="keep only each prompt's last N tokens of the base model's tokenizer, in training and "
+                             "test alike (an input variant to measure; default: the whole prompt, cut to fit "
+                             "--max-length)")
     parser.add_argument("--feature-cache", type=Path,
                         help="fast mode: a persistent feature cache folder (default: an empty one, so the first "
                              "training encodes every text)")
@@ -271,12 +288,15 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     train, test = read_split(parser, args)
+    if args.prompt_tokens:
+        train, test = cut_prompts(train, args), cut_prompts(test, args)
     which = [name.strip() for name in args.only.split(",")]
     unknown = set(which) - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     results: dict = {"data": str(args.data), "train": len(train), "test": len(test), "max_length": args.max_length,
+                     "prompt_tokens": args.prompt_tokens,
                      "test_slice": "first" if args.test_first else "last",
                      "base_model": args.base_model, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.resume:
