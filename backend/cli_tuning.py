@@ -235,9 +235,9 @@ def register(subparsers) -> None:
                     "TUNE_EVAL_PROMPTS), keeps the evaluation beside it, and serves it only when TUNE_PROMOTE says "
                     "so; see `rlhf-backend versions --project N --generator`. "
                     "With --data and --out: train the generator on preference pairs here, with DPO (TRL's "
-                    "DPOTrainer, each prompt read once for both answers, a LoRA adapter on every "
-                    "linear layer, merged into the weights at the end) and write a new generator "
-                    "version: a "
+                    "DPOTrainer, each prompt read once for both answers, a LoRA adapter on the linear "
+                    "layers of the top third of the decoder layers on a CPU or of all on a GPU, merged into the "
+                    "weights at the end) and write a new generator version: a "
                     "save_pretrained folder that AutoModelForCausalLM.from_pretrained and `rlhf-backend generate "
                     "--model FOLDER` load unchanged, with tuning.json (base, data, held-out share, settings, "
                     "training figures, the hashes of the prompts tuned on). A share of the prompts (--holdout) is "
@@ -257,7 +257,9 @@ def register(subparsers) -> None:
                    help="stop training before the step that would end past this many seconds from the start, and "
                         "save what it has trained")
     p.add_argument("--epochs", type=positive_float, help="passes over the pairs (default 1)")
-    p.add_argument("--learning-rate", type=positive_float, help="of the LoRA weights (default 5e-5)")
+    p.add_argument("--learning-rate", type=positive_float,
+                   help="of the LoRA weights (default: 5e-5 x layers/N with the adapter on N of the layers, at "
+                        "most 1.5e-4: 1.5e-4 on a CPU's default third, 5e-5 on every layer)")
     p.add_argument("--beta", type=positive_float, help="DPO's beta: higher keeps the policy closer to the base "
                    "(default 0.1)")
     p.add_argument("--batch-size", type=positive_int, help="pairs per optimizer step (default 8)")
@@ -265,9 +267,11 @@ def register(subparsers) -> None:
                    help="pairs per forward pass, a row each (default 2 on a CPU; the batch size on a GPU)")
     p.add_argument("--lora-r", type=positive_int, help="LoRA rank (default 16; alpha is twice the rank)")
     p.add_argument("--lora-layers", type=positive_int, metavar="N",
-                   help="put the adapter on the top N decoder layers only: the layers below need no backward pass "
-                        "and the reference reuses their output, so a third of the layers takes about half the "
-                        "time and memory, but a round gains less (default: all layers)")
+                   help="put the adapter on the top N decoder layers (N at or above their number: every layer). The "
+                        "layers below need no backward pass and the reference reuses their output, so a third of "
+                        "the layers takes about half the time and memory of all; at the default learning rate, "
+                        "which rises with it, a third gained as much as every layer in the simulated loop "
+                        "(default: a third on a CPU, every layer on a GPU)")
     p.add_argument("--max-prompt-tokens", type=positive_int, help="a longer prompt loses its oldest turns "
                    "(default 256)")
     p.add_argument("--max-length", type=positive_int, help="prompt + answer tokens (default 512)")

@@ -99,8 +99,9 @@ OPTIONS: tuple[Option, ...] = (
            "evaluation (more: a tighter win-rate interval, longer rounds)."),
     Option("TUNE_TIME_BUDGET", "1200", "Seconds of DPO training per tuning round (at most 60% of JOB_TIMEOUT: "
            "the round also loads, evaluates and saves); training stops there and keeps what it learned."),
-    Option("TUNE_LORA_LAYERS", None, "Decoder layers, from the top, that carry the tuning adapter (unset: all; a "
-           "third of them: a round in about half the time and memory, with a smaller gain; BENCHMARKS.md)."),
+    Option("TUNE_LORA_LAYERS", None, "Decoder layers, from the top, that carry the tuning adapter (unset: a third of "
+           "them on a CPU, every layer on a GPU; a number at or above their count: every layer, a round in about "
+           "twice the time and memory of a third, at a third of the learning rate; BENCHMARKS.md)."),
     Option("TUNE_PROMOTE", "if-better", "if-better (serve a tuned version only when its evaluation says promote), "
            "always (serve every tuned version, e.g. when people judge it) or never (activate by hand)."),
 )

@@ -7,7 +7,7 @@ process's peak resident memory:
 - `trl`: TRL's DPOTrainer as it comes: two rows a pair (the prompt read twice), the adapter on every layer,
   one pair per forward pass (the CPU default before packing);
 - `packed`: a pair as one row, its prompt read once (model/tuning_packed.py), the adapter on every layer,
-  two pairs per forward pass (the CPU default);
+  two pairs per forward pass (the CPU default until the adapter went on the top third by default);
 - `packed-top`: the same with the adapter on the top --top-layers layers only (10: a third of SmolLM2's), the
   reference reusing the layers below, four pairs per forward pass.
 
@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = {"trl": {"packed": False, "micro_batch_size": 1},
-           "packed": {},
+EVERY_LAYER = 10_000  # lora_layers at or above the model's layer count: the adapter on every layer
+CONFIGS = {"trl": {"packed": False, "micro_batch_size": 1, "lora_layers": EVERY_LAYER},
+           "packed": {"lora_layers": EVERY_LAYER},
            "packed-top": {"micro_batch_size": 4}}  # and lora_layers=--top-layers
 
 

@@ -1,5 +1,6 @@
-"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter on every linear layer,
-merged into the weights at the end, so what is saved is a plain causal LM.
+"""Generator tuning: DPO on preference pairs with TRL's DPOTrainer and a LoRA adapter on the linear layers (of
+the top third of the decoder layers on a CPU, of all on a GPU), merged into the weights at the end, so what is
+saved is a plain causal LM.
 
 `tune(pairs, base, out_dir, config, progress)` writes into `out_dir` a `save_pretrained` folder that
 `AutoModelForCausalLM.from_pretrained` and `model.generation` load unchanged, plus `tuning.json` (what it was
@@ -14,11 +15,13 @@ A pair's `weight` is not used: every pair counts once.
 
 Where the time goes on a CPU (BENCHMARKS.md): every pair costs a forward pass of the policy and of the
 reference and a backward pass, over the prompt and both answers. The prompt is read once for both answers (a
-pair is one row: model/tuning_packed.py), which changes no log-probability. `lora_layers` puts the adapter on
-the top layers only: the backward pass stops there and the reference reuses the policy's output of the
-layers below, about half the time for a third of the layers, but a round gains less. bf16 runs as autocast
-over fp32 weights where the CPU (or GPU) has native bf16, so the merge happens in fp32 and loses nothing; no
-gradient checkpointing (135M parameters fit). On a GPU a micro-batch is the whole batch.
+pair is one row: model/tuning_packed.py), which changes no log-probability. On a CPU the adapter goes on the
+top third of the layers by default (`lora_layers`): the backward pass stops there and the reference reuses
+the policy's output of the layers below, about half the time, and at three times the learning rate (the
+default rate rises with the share of layers left out) it gained as much as every layer in the simulated
+loop. On a GPU it goes on every layer, and a micro-batch is the whole batch. bf16 runs as autocast over fp32
+weights where the CPU (or GPU) has native bf16, so the merge happens in fp32 and loses nothing; no gradient
+checkpointing (135M parameters fit).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import random
 import resource
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +40,10 @@ from model.conversation import prompt_messages, prompt_text
 from model.pairs import PreferencePair
 
 TUNING_FILE = "tuning.json"
-CPU_MICRO_BATCH = 2  # pairs per forward pass on a CPU: 3.7 GiB on hh-rlhf pairs, 4 took 5.3 (BENCHMARKS.md)
+CPU_MICRO_BATCH = 2  # pairs per forward pass on a CPU: 1,000 hh-rlhf pairs peaked at 2.5 GiB (top third), 5.2 (all)
+LEARNING_RATE = 5e-5  # of an adapter on every layer (DPO on all weights takes ~1e-6)
+CPU_LORA_SHARE = 3  # on a CPU the adapter covers the top 1/3 of the layers unless told otherwise
+MAX_RATE_SCALE = 3.0  # an adapter on fewer layers learns at up to 3x: on a third, 3x gained as much (BENCHMARKS.md)
 Progress = Callable[[float, str], None]
 
 
@@ -48,13 +54,14 @@ class TuningError(ValueError):
 @dataclass(frozen=True)
 class TuneConfig:
     epochs: float = 1.0
-    learning_rate: float = 5e-5       # of the LoRA weights (DPO on all weights takes ~1e-6)
+    learning_rate: float | None = None  # of the LoRA weights; None: default_learning_rate(layers, lora_layers)
     beta: float = 0.1                 # DPO's KL strength: higher stays closer to the base
     batch_size: int = 8               # pairs per optimizer step
     micro_batch_size: int | None = None  # pairs per forward/backward pass; None: 2 on a CPU, batch_size on a GPU
     lora_r: int = 16
     lora_alpha: int | None = None     # None: twice the rank
-    lora_layers: int | None = None    # adapter on the top N decoder layers only (faster, gains less); None: all
+    lora_layers: int | None = None    # adapter on the top N decoder layers (N >= their number: all); None:
+    #                                   default_lora_layers (a third on a CPU, all on a GPU)
     packed: bool = True               # a pair as one row, its prompt read once (tuning_packed); False: TRL's rows
     max_prompt_tokens: int = 256      # a longer prompt loses its oldest turns
     max_length: int = 512             # prompt + answer tokens; a longer answer is cut at the end
@@ -69,7 +76,7 @@ class TuneConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise TuningError(f"the time budget must be more than 0 seconds, got {self.time_budget}")
         for name in ("epochs", "learning_rate", "beta"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise TuningError(f"{name} must be more than 0, got {getattr(self, name)}")
         for name in ("batch_size", "lora_r", "lora_layers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -80,6 +87,18 @@ class TuneConfig:
         if not 8 <= self.max_prompt_tokens < self.max_length:
             raise TuningError(f"max_prompt_tokens ({self.max_prompt_tokens}) must be at least 8 and below "
                               f"max_length ({self.max_length})")
+
+
+def default_lora_layers(layers: int, on_gpu: bool) -> int:
+    """Every layer on a GPU; on a CPU the top third (at least one): a round in about half the time and memory,
+    which at the raised learning rate gained as much in the simulated loop (BENCHMARKS.md)."""
+    return layers if on_gpu else max(1, round(layers / CPU_LORA_SHARE))
+
+
+def default_learning_rate(layers: int, lora_layers: int) -> float:
+    """LEARNING_RATE for an adapter on every layer; on the top `lora_layers` only, each of them has to move further
+    for the same change, so the rate rises with layers / lora_layers, at most MAX_RATE_SCALE times."""
+    return LEARNING_RATE * min(MAX_RATE_SCALE, layers / lora_layers)
 
 
 def prompt_hash(prompt: str) -> str:
@@ -246,7 +265,8 @@ def tune(pairs: list[PreferencePair], base: str, out_dir, config: TuneConfig = T
     on_gpu = device == "cuda"
     micro = config.micro_batch_size or (config.batch_size if on_gpu else min(CPU_MICRO_BATCH, config.batch_size))
     layers = model.config.num_hidden_layers
-    lora_layers = min(config.lora_layers or layers, layers)
+    lora_layers = min(config.lora_layers or default_lora_layers(layers, on_gpu), layers)
+    config = replace(config, learning_rate=config.learning_rate or default_learning_rate(layers, lora_layers))
     rows, lengths = dpo_rows(tok, usable, config)
     rows = [rows[i] for i in length_grouped_order(lengths, micro, config.seed)]
     if config.time_budget is not None and time.monotonic() - started >= config.time_budget:

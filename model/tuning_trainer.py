@@ -137,7 +137,7 @@ def train_dpo(model, tok, rows: list[dict], config: TuneConfig, micro: int, lora
     if steps == 0:
         raise TuningError("no training step finished within the time budget")
     merged = trainer.model.merge_and_unload().to("cpu").float().eval()
-    return merged, {"steps": steps, "planned_steps": trainer.state.max_steps,
+    return merged, {"steps": steps, "planned_steps": trainer.state.max_steps, "learning_rate": trainer.args.learning_rate,
                     "packed_rows": isinstance(trainer, PackedDPOTrainer),
                     "epochs_done": round(trainer.state.epoch or 0.0, 3), "stopped_by_budget": clock.stopped,
                     "pairs_trained": len(trainer.train_dataset), **_summary(clock.logs, steps)}

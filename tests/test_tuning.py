@@ -93,10 +93,33 @@ def test_the_merge_carries_what_dpo_learned(tuned, base):
     assert margin(after) > margin(before) + 1.0
 
 
+def test_the_adapter_covers_a_third_of_the_layers_on_a_cpu_and_the_learning_rate_rises_to_match(base, tmp_path):
+    import torch
+
+    from model.tuning import default_learning_rate, default_lora_layers
+
+    assert default_lora_layers(30, on_gpu=False) == 10 and default_lora_layers(30, on_gpu=True) == 30
+    assert default_lora_layers(2, on_gpu=False) == default_lora_layers(1, on_gpu=False) == 1
+    assert default_learning_rate(30, 30) == 5e-5 and default_learning_rate(30, 15) == pytest.approx(1e-4)
+    assert default_learning_rate(30, 10) == default_learning_rate(30, 1) == pytest.approx(1.5e-4)  # at most 3x
+    short = {**FAST, "epochs": 1}
+    del short["learning_rate"]
+    for name in ("default", "every", "given"):
+        (tmp_path / name).mkdir()
+    default = tune(pairs_for(questions(4)), str(base), tmp_path / "default", TuneConfig(**short))
+    every = tune(pairs_for(questions(4)), str(base), tmp_path / "every", TuneConfig(**short, lora_layers=99))
+    given = tune(pairs_for(questions(4)), str(base), tmp_path / "given",
+                 TuneConfig(**short, lora_layers=1, learning_rate=2e-3))
+    on_cpu = not torch.cuda.is_available()  # the tiny base has 2 layers: a third is 1, at twice the rate
+    assert (default["lora_layers"], default["learning_rate"]) == ((1, pytest.approx(1e-4)) if on_cpu else (2, 5e-5))
+    assert default["config"]["learning_rate"] == default["learning_rate"]  # tuning.json says the rate it ran at
+    assert (every["lora_layers"], every["learning_rate"]) == (2, 5e-5) and given["learning_rate"] == 2e-3
+
+
 def test_a_time_budget_stops_training_and_keeps_what_it_trained(base, tmp_path):
-    config = TuneConfig(**{**FAST, "micro_batch_size": 1, "batch_size": 1, "epochs": 50}, time_budget=4)
-    record = tune(pairs_for(questions(8)), str(base), tmp_path, config)
-    assert record["stopped_by_budget"] and 0 < record["steps"] < record["planned_steps"] == 400
+    config = TuneConfig(**{**FAST, "micro_batch_size": 1, "batch_size": 1, "epochs": 1000}, time_budget=4)
+    record = tune(pairs_for(questions(8)), str(base), tmp_path, config)  # 8,000 steps of a tiny model: not in 4 s
+    assert record["stopped_by_budget"] and 0 < record["steps"] < record["planned_steps"] == 8000
     assert (tmp_path / "model.safetensors").is_file()
 
 
@@ -197,6 +220,9 @@ def test_tuning_the_packaged_smollm2(tmp_path):
     out.mkdir()
     record = tune(pairs, "smollm2", out, TuneConfig(batch_size=2, cache_dir=tmp_path / "cache"))
     assert record["steps"] == 1 and record["format"] == "conversational" and record["packed_rows"]
-    assert record["lora_layers"] == 30  # SmolLM2-135M's every layer
+    import torch
+
+    on_gpu = torch.cuda.is_available()  # SmolLM2-135M has 30 layers: the top third on a CPU, at 3x the rate
+    assert (record["lora_layers"], record["learning_rate"]) == ((30, 5e-5) if on_gpu else (10, pytest.approx(1.5e-4)))
     results = load_generator(GenerationConfig(model=str(out), max_new_tokens=16, seed=0)).generate(["Say hello."])
     assert results[0].error is None and all(a.strip() for a in results[0].answers)
