@@ -144,7 +144,12 @@ def backend(tmp_path_factory, label_studio):
         LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         QUEUE_PREFIX="rlhf-browser", MODEL_DIR=work / "models", GENERATOR_MODEL=tiny_causal_lm(work / "lm"),
         REWARD_BASE_MODEL=tiny_encoder(work / "rm"), MAX_NEW_TOKENS=12, CANDIDATES=4, PREANNOTATE="always",
-        WORKERS=1, THREADS=4, JOB_RETRIES=1)
+        WORKERS=1, THREADS=4, JOB_RETRIES=1,
+        # Versions train on Start Training only. An annotation submitted in the browser would otherwise start a
+        # retrain whose refresh deletes the older version's predictions, and Label Studio then clears the
+        # submitted annotation's parent_prediction (a known loss of provenance, not fixed yet), racing the
+        # check that it started from our guess.
+        MIN_NEW_ANNOTATIONS=10_000)
     server, worker, url = start_backend(env, work)
     yield {"url": url, "models": work / "models", "server": server, "worker": worker}
     worker.stop()
@@ -491,7 +496,10 @@ def test_pairwise_scores_sort_and_preselection_in_the_data_manager(chromium, lab
         assert pair.meta["chosen_side"] == guess and pair.prompt == question
         assert (pair.chosen, pair.rejected) == ((left, right) if guess == "left" else (right, left))
 
-        # The backend's own reading: the annotation event retrains on one more pair.
+        # The backend's own reading: Start Training retrains on one more pair (annotation events do not retrain
+        # here, see the fixture; other end-to-end tests retrain on them).
+        api.sdk.ml.train(id=api.sdk.ml.list(project=project)[0].id)
+
         def retrained():
             current = requests.get(f"{backend['url']}/versions", params={"project": project}).json()
             current = current["projects"][str(project)]["current"]
