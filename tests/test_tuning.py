@@ -94,8 +94,6 @@ def test_the_merge_carries_what_dpo_learned(tuned, base):
 
 
 def test_the_adapter_covers_a_third_of_the_layers_on_a_cpu_and_the_learning_rate_rises_to_match(base, tmp_path):
-    import torch
-
     from model.tuning import default_learning_rate, default_lora_layers
 
     assert default_lora_layers(30, on_gpu=False) == 10 and default_lora_layers(30, on_gpu=True) == 30
@@ -110,7 +108,7 @@ def test_the_adapter_covers_a_third_of_the_layers_on_a_cpu_and_the_learning_rate
     every = tune(pairs_for(questions(4)), str(base), tmp_path / "every", TuneConfig(**short, lora_layers=99))
     given = tune(pairs_for(questions(4)), str(base), tmp_path / "given",
                  TuneConfig(**short, lora_layers=1, learning_rate=2e-3))
-    on_cpu = not torch.cuda.is_available()  # the tiny base has 2 layers: a third is 1, at twice the rate
+    on_cpu = default["device"] == "cpu"  # the tiny base has 2 layers: a third is 1, at twice the rate
     assert (default["lora_layers"], default["learning_rate"]) == ((1, pytest.approx(1e-4)) if on_cpu else (2, 5e-5))
     assert default["config"]["learning_rate"] == default["learning_rate"]  # tuning.json says the rate it ran at
     assert (every["lora_layers"], every["learning_rate"]) == (2, 5e-5) and given["learning_rate"] == 2e-3
@@ -220,9 +218,7 @@ def test_tuning_the_packaged_smollm2(tmp_path):
     out.mkdir()
     record = tune(pairs, "smollm2", out, TuneConfig(batch_size=2, cache_dir=tmp_path / "cache"))
     assert record["steps"] == 1 and record["format"] == "conversational" and record["packed_rows"]
-    import torch
-
-    on_gpu = torch.cuda.is_available()  # SmolLM2-135M has 30 layers: the top third on a CPU, at 3x the rate
+    on_gpu = record["device"] == "cuda"  # SmolLM2-135M has 30 layers: the top third on a CPU, at 3x the rate
     assert (record["lora_layers"], record["learning_rate"]) == ((30, 5e-5) if on_gpu else (10, pytest.approx(1.5e-4)))
     results = load_generator(GenerationConfig(model=str(out), max_new_tokens=16, seed=0)).generate(["Say hello."])
     assert results[0].error is None and all(a.strip() for a in results[0].answers)
