@@ -193,11 +193,19 @@ def _shifted(timestamp: str, seconds: float) -> str:
     return (_parse_timestamp(timestamp) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def holding_versions(versions) -> dict:
+    """Tasks with a prediction whose model_version contains one of `versions` (a substring match: "v1" also
+    matches "v10"; check the predictions themselves)."""
+    return {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+            "value": sorted(versions)}
+
+
 def id_after(task_id: int) -> dict:
     return {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": task_id}
 
 
 UNLABELLED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+LABELLED = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 SEVERAL_PREDICTIONS = {"filter": "filter:tasks:total_predictions", "operator": "greater", "type": "Number", "value": 1}
 
 
@@ -320,6 +328,9 @@ class LabelStudioClient:
 
     def delete_prediction(self, prediction_id: int) -> None:
         self._request("DELETE", f"api/predictions/{prediction_id}")
+
+    def rename_prediction(self, prediction_id: int, model_version: str) -> None:
+        self._request("PATCH", f"api/predictions/{prediction_id}", json_body={"model_version": model_version})
 
     # ---------------------------------------------------------------- webhooks
 

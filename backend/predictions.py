@@ -20,6 +20,21 @@ from model.conversation import prompt_text
 from model.pairs import RankerFields, TaskFields
 from model.rankings import answer_texts
 
+KEPT_SUFFIX = " (annotated)"
+
+
+def kept_version(version: str) -> str:
+    """The model_version a prediction of `version` is renamed to when its task is labelled: out of the
+    version's bulk delete (which would clear the annotation's parent_prediction), and still readable."""
+    return version + KEPT_SUFFIX
+
+
+def made_by(model_version: str | None) -> str | None:
+    """The version that made a prediction, whether it was kept (`kept_version`) or not."""
+    if isinstance(model_version, str) and model_version.endswith(KEPT_SUFFIX):
+        return model_version[:-len(KEPT_SUFFIX)]
+    return model_version
+
 
 def answers_of(data: dict, fields: TaskFields | RankerFields) -> dict[str, str]:
     """{answer id: text} of a task's non-empty answers ("left"/"right" for a Pairwise task)."""

@@ -17,6 +17,7 @@ from datetime import datetime
 from itertools import combinations
 
 from backend import report_sections as shared
+from backend.predictions import made_by
 from backend.report_figures import plot_intervals
 from backend.report_html import (FLAG, card, cards, fmt, missing, note, plural, share, table, task_tags,
                                  with_interval)
@@ -119,7 +120,7 @@ def _prediction_versions(tasks: list[dict]) -> dict:
                 continue
             for prediction in [ann.get("prediction"), *(task.get("predictions") or [])]:
                 if isinstance(prediction, dict) and prediction.get("id") == parent:
-                    out[(task.get("id"), ann.get("id"))] = prediction.get("model_version")
+                    out[(task.get("id"), ann.get("id"))] = made_by(prediction.get("model_version"))
                     break
     return out
 

@@ -38,6 +38,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from backend.predictions import kept_version
 from backend.serving import ZERO_SHOT  # the version of the guesses made before any training
 from conftest import ROOT
 from harness import LS_TOKEN, backend_env, free_port, poll, start_backend, start_redis
@@ -144,12 +145,7 @@ def backend(tmp_path_factory, label_studio):
         LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         QUEUE_PREFIX="rlhf-browser", MODEL_DIR=work / "models", GENERATOR_MODEL=tiny_causal_lm(work / "lm"),
         REWARD_BASE_MODEL=tiny_encoder(work / "rm"), MAX_NEW_TOKENS=12, CANDIDATES=4, PREANNOTATE="always",
-        WORKERS=1, THREADS=4, JOB_RETRIES=1,
-        # Versions train on Start Training only. An annotation submitted in the browser would otherwise start a
-        # retrain whose refresh deletes the older version's predictions, and Label Studio then clears the
-        # submitted annotation's parent_prediction (a known loss of provenance, not fixed yet), racing the
-        # check that it started from our guess.
-        MIN_NEW_ANNOTATIONS=10_000)
+        WORKERS=1, THREADS=4, JOB_RETRIES=1)
     server, worker, url = start_backend(env, work)
     yield {"url": url, "models": work / "models", "server": server, "worker": worker}
     worker.stop()
@@ -440,7 +436,8 @@ def test_pairwise_scores_sort_and_preselection_in_the_data_manager(chromium, lab
         assert api.model_version(project) == ZERO_SHOT  # why: Label Studio counts only this version's scores
 
         # Three annotations, Start Training; the refresh then writes the new version's guesses on every
-        # unlabelled task, points the project at it and deletes the zero-shot ones (not the other model's).
+        # unlabelled task, points the project at it and deletes the zero-shot ones there (not the other
+        # model's; the labelled tasks keep theirs, renamed out of the zero-shot version).
         labelled = ids[:3]
         for task in labelled:
             api.sdk.annotations.create(id=task, result=[{"from_name": "comparison", "to_name": "comparison",
@@ -453,7 +450,8 @@ def test_pairwise_scores_sort_and_preselection_in_the_data_manager(chromium, lab
                 return None
             metrics = json.loads((backend["models"] / str(project) / version / "metrics.json").read_text())
             versions = {p["model_version"] for p in api.predictions(project)}
-            return version if metrics["n_pairs"] == len(labelled) and versions == {version, OTHER} and \
+            return version if metrics["n_pairs"] == len(labelled) and \
+                versions == {version, OTHER, kept_version(ZERO_SHOT)} and \
                 set(ours(api, project, version)) >= set(ids) - set(labelled) else None
         version = poll(refreshed, 240, interval=1, message="a trained version's guesses on every unlabelled task")
         wait_idle(backend["url"])
@@ -496,16 +494,22 @@ def test_pairwise_scores_sort_and_preselection_in_the_data_manager(chromium, lab
         assert pair.meta["chosen_side"] == guess and pair.prompt == question
         assert (pair.chosen, pair.rejected) == ((left, right) if guess == "left" else (right, left))
 
-        # The backend's own reading: Start Training retrains on one more pair (annotation events do not retrain
-        # here, see the fixture; other end-to-end tests retrain on them).
-        api.sdk.ml.train(id=api.sdk.ml.list(project=project)[0].id)
-
+        # The backend's own reading: the annotation event retrains on one more pair.
         def retrained():
             current = requests.get(f"{backend['url']}/versions", params={"project": project}).json()
             current = current["projects"][str(project)]["current"]
             metrics = json.loads((backend["models"] / str(project) / current / "metrics.json").read_text())
             return metrics["n_pairs"] == len(labelled) + 1
         poll(retrained, 120, interval=1, message="a version trained on the submitted annotation too")
+
+        # Its refresh deleted the older version's guesses, but not the one this annotation started from: that
+        # is renamed out of the version, and the annotation still links to it.
+        wait_idle(backend["url"])
+        (after,) = [t for t in api.exported(project, task) if t["id"] == task]
+        assert after["annotations"][0]["parent_prediction"] == trained[task]["id"]
+        kept = [p["model_version"] for p in api.predictions(project) if p["id"] == trained[task]["id"]]
+        assert kept == [kept_version(version)]
+        assert version not in {p["model_version"] for p in api.predictions(project)}
     except BaseException:
         print(_logs(backend))
         raise

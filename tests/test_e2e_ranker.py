@@ -13,6 +13,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
+from backend.predictions import kept_version, made_by
 from conftest import REDIS_URL, ROOT
 from flows import PROMPTS
 from harness import LS_TOKEN, backend_env, poll, start_backend
@@ -85,9 +86,12 @@ def test_a_ranker_project_from_prompts_to_a_retrained_order(label_studio, backen
         version, metrics = poll(trained_on_every_pair, 240, interval=1, message="a version trained on 6 pairs a ranking")
 
         def refreshed():  # the new version's order on every unlabelled task, every older prediction deleted
-            predictions = list(ls.predictions.list(project=project.id))
-            covered = {p.task for p in predictions} >= {t.id for t in unlabelled}
-            return covered and {p.model_version for p in predictions} == {version}
+            predictions = list(ls.predictions.list(project=project.id))  # (labelled tasks keep theirs, renamed)
+            on_unlabelled = [p for p in predictions if p.task in {t.id for t in unlabelled}]
+            covered = {p.task for p in on_unlabelled} == {t.id for t in unlabelled}
+            kept = {p.model_version for p in predictions} - {p.model_version for p in on_unlabelled}
+            return covered and {p.model_version for p in on_unlabelled} == {version} and \
+                all(v == kept_version(made_by(v)) for v in kept)
         poll(refreshed, 120, interval=1, message=f"only {version}'s order, on every unlabelled task")
         assert ls.projects.get(id=project.id).model_version == version  # what the labelling page shows
 

@@ -20,6 +20,7 @@ from rq.registry import FinishedJobRegistry
 
 from backend.jobs.refresh import refresh
 from backend.labelstudio import OVERLAP_SECONDS, Connection, LabelStudioClient, LabelStudioError, ProjectRegistry
+from backend.predictions import kept_version, made_by
 from backend.queue import JobQueue
 from backend.sync import AnnotationMirror
 from conftest import REDIS_URL, ROOT
@@ -216,7 +217,8 @@ def test_two_workers_never_train_one_project_at_once_and_keep_one_prediction_per
                                                                                        redis_conn):
     """Two real workers, a project annotated in three bursts through Label Studio (real webhooks): train
     jobs of the project never overlap, the last version saw every annotation, and after all the retrains
-    Label Studio holds one prediction per unlabelled task, of the current version only."""
+    Label Studio holds one prediction per unlabelled task, of the current version only (a labelled task
+    keeps the ones it had, renamed out of their versions)."""
     project, ids = make_project(ls, "two workers", 30)
     env = backend_env(LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=LS_TOKEN, REDIS_URL=REDIS_URL,
                       QUEUE_PREFIX=PREFIX, MODEL_DIR=tmp_path / "models", REWARD_BASE_MODEL=tiny_encoder(tmp_path / "rm"),
@@ -248,7 +250,9 @@ def test_two_workers_never_train_one_project_at_once_and_keep_one_prediction_per
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"train jobs overlapped: {spans}"
         predictions = predictions_per_task(label_studio, project)
         assert {i: predictions[i] for i in ids[18:]} == {i: [version] for i in ids[18:]}
-        assert all(v in ([], [version]) for v in predictions.values())  # older versions deleted everywhere
+        # Older versions are deleted from every unlabelled task; the labelled ones keep theirs, renamed out.
+        assert all(v == version or v == kept_version(made_by(v)) for v in sum(predictions.values(), []))
+        assert all(len(v) == len(set(v)) for v in predictions.values())  # no task holds a version twice
     except BaseException:
         print("---- worker 1 ----\n", first.output()[-4000:], "\n---- worker 2 ----\n", second.output()[-4000:])
         raise
@@ -302,7 +306,10 @@ def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup,
     first = run_refresh(redis_conn, env, project, tmp_path / "w1.log")
     assert first["status"] == "done" and first["tasks_read"] == 40 and first["written"] == 40
 
-    ls.annotations.create(id=ids[0], result=pairwise("left"))
+    # An annotator starts from the v1 guess on the first task: the annotation links to it.
+    shown = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config")).predictions(ids[0])
+    assert [p["model_version"] for p in shown] == [first["version"]]
+    annotation = ls.annotations.create(id=ids[0], result=pairwise("left"), parent_prediction=shown[0]["id"])
     ls.tasks.update(id=ids[1], data={"prompt": "Question 1: what is 1 plus 1?", "answer1": "Two.",
                                      "answer2": "It is 2, since 1+1=2."})
     new = list(ls.projects.import_tasks(id=project, return_task_ids=True, request=[
@@ -313,6 +320,12 @@ def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup,
     second = run_refresh(redis_conn, env, project, tmp_path / "w2.log")
     assert second["status"] == "done" and second["version"] == v2
     assert second["tasks_read"] == 5 and second["written"] == 41  # the 4 changed, the last one again (overlap)
+    # v1 is gone from every unlabelled task; the labelled one keeps its guess, renamed out of v1, and the link.
+    assert second["kept_on_labelled_tasks"] == 1
+    versions = predictions_per_task(label_studio, project)
+    assert versions[ids[0]] == [kept_version(first["version"])]
+    assert all(versions[i] == [v2] for i in versions if i != ids[0])
+    assert ls.annotations.get(id=annotation.id).parent_prediction == shown[0]["id"]
 
     scores = scores_in_label_studio(label_studio, project, v2)
     assert set(scores) == set(ids[1:]) | set(new)
@@ -327,4 +340,6 @@ def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup,
     third = run_refresh(redis_conn, env, project, tmp_path / "w3.log")
     assert third["status"] == "done" and third["version"] == v3
     assert third["tasks_read"] == 40 and third["written"] == 40  # every unlabelled task read again
+    assert third["kept_on_labelled_tasks"] == 0  # nothing labelled since: no task to rename
+    assert ls.annotations.get(id=annotation.id).parent_prediction == shown[0]["id"]
     assert set(scores_in_label_studio(label_studio, project, v3)) == set(ids[1:]) - {ids[2]} | set(new)

@@ -7,7 +7,11 @@ refresh (backend/task_index.py); any other version reads every unlabelled task (
 writes the most uncertain first through Label Studio's bulk import, points the project's model version at
 it (the labelling page and the Data Manager's score column show only that version's predictions), then
 deletes the predictions of every older version it or /predict wrote. Label Studio then holds one
-prediction per task for this backend.
+prediction per unlabelled task for this backend. A labelled task keeps the predictions it had: an
+annotation that started from one links to it (`parent_prediction`, which the reports read), and Label
+Studio clears that link when the prediction is deleted. The version's delete is project-wide, so those
+predictions are first renamed out of it (`kept_version`); the tasks to rename are listed by a filter on
+the versions being deleted, so each refresh reads only the tasks labelled since the last one.
 
 It is resumable: the ids written for a version are kept in Redis, so a retry or the next run after a
 killed worker continues where it stopped, and it stops as soon as a newer version is current (that
@@ -21,8 +25,9 @@ import logging
 import redis
 
 from backend.jobs.framework import job, progress
-from backend.labelstudio import SEVERAL_PREDICTIONS, UNLABELLED, LabelStudioError, task_query
-from backend.predictions import has_answers, prediction, score_tasks, uncertainty
+from backend.labelstudio import (LABELLED, SEVERAL_PREDICTIONS, UNLABELLED, LabelStudioError, holding_versions,
+                                 task_query)
+from backend.predictions import has_answers, kept_version, prediction, score_tasks, uncertainty
 from backend.queue import REFRESH
 from backend.task_index import UnlabelledIndex, feature_keys
 
@@ -117,14 +122,17 @@ def refresh(ctx, project: int) -> dict:
     if count < len(items):  # a newer version is current: its own refresh takes over
         return {"status": "superseded", "project": project, "version": version, "written": count}
     ls.set_model_version(project, version)
+    old_versions = record.versions() - {version}
+    kept = _keep_labelled_tasks_predictions(ls, project, old_versions)
     deleted = 0
-    for old in record.versions() - {version}:
+    for old in old_versions:
         deleted += ls.delete_model_version(project, old)
         record.forget(old)
     duplicates = _remove_duplicates(ls, project, version)
     record.mark_complete(version)
     return {"status": "done", "project": project, "version": version, "written": count, "tasks_read": read,
-            "deleted_old": deleted, "duplicates_removed": duplicates, "label_studio_calls": ls.calls}
+            "kept_on_labelled_tasks": kept, "deleted_old": deleted, "duplicates_removed": duplicates,
+            "label_studio_calls": ls.calls}
 
 
 def _scored(ctx, ls, project: int, fields, scorer, done: set[int], index: UnlabelledIndex):
@@ -161,11 +169,27 @@ def _score_read(scorer, tasks: list[dict], fields) -> list[tuple[int, dict]]:
     return items
 
 
+def _keep_labelled_tasks_predictions(ls, project: int, old_versions: set[str]) -> int:
+    """Rename the predictions of `old_versions` on labelled tasks out of those versions, before their delete.
+    A version is looked for only by the refresh that deletes it, so only the tasks labelled since it was
+    written are read. A task labelled between this and the delete still loses its link (a moment's window)."""
+    if not old_versions:
+        return 0
+    kept = 0
+    for task in ls.tasks(project, task_query(LABELLED, holding_versions(old_versions))):
+        for item in ls.predictions(task["id"]):
+            if item.get("model_version") in old_versions:
+                ls.rename_prediction(item["id"], kept_version(item["model_version"]))
+                kept += 1
+    return kept
+
+
 def _remove_duplicates(ls, project: int, version: str) -> int:
-    """A task that got a prediction of `version` twice (Label Studio asked /predict for it while this job
-    wrote it, or an import was retried after its answer was lost) keeps its newest one."""
+    """An unlabelled task that got a prediction of `version` twice (Label Studio asked /predict for it while
+    this job wrote it, or an import was retried after its answer was lost) keeps its newest one. A labelled
+    task keeps both: either may be the one its annotation started from."""
     removed = 0
-    for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS)):
+    for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS, UNLABELLED)):
         ours = sorted((p for p in ls.predictions(task["id"]) if p.get("model_version") == version),
                       key=lambda p: p["id"])
         for duplicate in ours[:-1]:
