@@ -84,7 +84,8 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
-                         members=args.full_members if mode == "full" else 1, calibrate=args.calibrate)
+                         members=args.full_members if mode == "full" else 1, calibrate=args.calibrate,
+                         folds=args.fast_folds if mode == "fast" else 1)
     if mode == "full" and args.average_epochs:
         config = dataclasses.replace(config, average_epochs=args.average_epochs)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
@@ -155,7 +156,8 @@ def section_fast(train, test, args, work, results, pooling="mean"):
                          **score_saved(r["folder"], test)} for seed, r in zip(args.seeds, runs)]
     results[key] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
                     "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
-                    "pooling": first["metrics"]["pooling"], "seeds": per_seed_results}
+                    "pooling": first["metrics"]["pooling"], "folds": first["metrics"].get("folds", 1),
+                    "seeds": per_seed_results}
     log(f"{key}: {[brief(r) for r in per_seed_results]}")
 
 
@@ -255,12 +257,17 @@ def cut_prompts(pairs: list, args) -> list:
 
 
 def main() -> int:
+    from model.reward.config import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_split_arguments(parser)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
     parser.add_argument("--full-members", type=int, default=1,
                         help="full mode: fine-tunes from one start whose weights are averaged (default 1)")
+    parser.add_argument("--fast-folds", type=int, default=TrainConfig.folds,
+                        help=f"fast mode: heads cross-fitted on folds of the prompts and averaged (default "
+                             f"{TrainConfig.folds}: one head with 15%% of the prompts held out)")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
     parser.add_argument("--average-epochs", type=float, default=None,
                         help="full mode: horizon of the weights' moving average in epochs (default: TrainConfig's)")
@@ -324,7 +331,9 @@ def main() -> int:
             for r in f["seeds"]:
                 times = (f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
                          f"{f['retrain_seconds']:.1f} cached retrain") if r is f["seeds"][0] else "(cached)"
-                print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling), seed {r['seed']}",
+                heads = f"{f['folds']} cross-fitted heads" if f.get("folds", 1) > 1 else "one head"
+                print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling, {heads}), "
+                              f"seed {r['seed']}",
                               r, times, f"ECE {r['ece']:.3f}; best epoch {r['best_epoch']}; no pair dropped"))
     for t in results.get("trl", []):
         precision = "bf16" if t.get("bf16", True) else "fp32"

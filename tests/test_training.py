@@ -13,7 +13,8 @@ from model.pairs import PreferencePair
 from model.reward.config import TrainConfig
 from model.reward.model import RewardModel
 from model.reward.features import FeatureCache
-from model.reward.train import split_pairs, train_reward_model
+from model.reward.splits import prompt_folds, split_pairs
+from model.reward.train import train_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +109,50 @@ def test_fast_mode_scores_match_the_head_it_trained(encoder, pairs, tmp_path):
     m = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
                                rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
     assert sum(m) / len(m) == pytest.approx(metrics["mean_margin"], abs=1e-4)
+
+
+def test_fast_mode_cross_fits_heads_on_prompt_folds_and_saves_their_average(encoder, tmp_path, monkeypatch):
+    """Three heads from one start, each held out from its own fold of the prompts (every pair in exactly one
+    fold, a prompt's pairs together), scored there by the head that did not train on them; the saved head
+    is the heads' weight average, and it gives the rewards the metrics report."""
+    import model.reward.fast as fast
+
+    ranked = [PreferencePair(q.prompt, q.chosen, worse) for q in synthetic_pairs(40, seed=3)
+              for worse in (q.rejected, "no.")]  # two pairs per prompt
+    cfg = config(encoder, "fast", epochs=8, folds=3)
+    folds = prompt_folds(ranked, cfg)
+    assert sorted(i for fold in folds for i in fold) == list(range(80))
+    prompts = [{ranked[i].prompt for i in fold} for fold in folds]
+    assert len(folds) == 3 and not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+
+    fits, real = [], fast._fit_head
+
+    def recording(model, chosen, rejected, weights, t_idx, v_idx, *args):  # records around the real fit
+        head, modules = fast._bert_head(model)
+        start = {n: t.clone() for n, t in modules.state_dict().items()}
+        result = real(model, chosen, rejected, weights, t_idx, v_idx, *args)
+        fits.append({"start": start, "end": {n: t.clone() for n, t in modules.state_dict().items()},
+                     "train": set(t_idx.tolist()), "held_out": v_idx.tolist(), "margins": result[1]})
+        return result
+
+    monkeypatch.setattr(fast, "_fit_head", recording)
+    metrics = train_reward_model(ranked, cfg, tmp_path)
+
+    assert (metrics["n_train"], metrics["n_val"], metrics["folds"]) == (80, 80, 3)
+    assert [f["held_out"] for f in fits] == folds
+    assert all(f["train"] == set(range(80)) - set(f["held_out"]) for f in fits)
+    assert all(torch.equal(fits[0]["start"][n], f["start"][n]) for f in fits for n in f["start"])
+    assert [h["member"] for h in metrics["history"]][0] == 1 and {h["member"] for h in metrics["history"]} == {1, 2, 3}
+    held_out = {i: m for f in fits for i, m in zip(f["held_out"], f["margins"])}
+    expected = [held_out[i] for i in range(80)]
+    assert metrics["mean_margin"] == pytest.approx(sum(expected) / 80, abs=1e-5)
+    saved = dict(AutoModelForSequenceClassification.from_pretrained(tmp_path).named_parameters())
+    for name, key in (("classifier.weight", "1.weight"), ("bert.pooler.dense.weight", "0.dense.weight")):
+        average = sum(f["end"][key] for f in fits) / 3
+        assert torch.allclose(saved[name], average, atol=1e-6) and not torch.allclose(saved[name], fits[0]["end"][key])
+    rm = RewardModel.load(tmp_path)
+    rewards = rm.rewards([p.prompt for p in ranked] * 2, [p.chosen for p in ranked] + [p.rejected for p in ranked])
+    assert sum(rewards) / len(rewards) == pytest.approx(metrics["reward_mean"], abs=1e-4)
 
 
 def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):

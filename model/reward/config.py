@@ -31,6 +31,8 @@ class TrainConfig:
     train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
     average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
     #                                     many epochs and save that (None: the last weights)
+    folds: int = 1                    # fast mode: fit this many heads, each held out from its own fold of the
+    #                                     prompts, and save their weight average (1: one head, val_fraction held out)
     members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
     #                                     and save the members' weight average (WARM); N times the time
     dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
@@ -41,6 +43,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mode not in MODE_DEFAULTS:
             raise ValueError(f"unknown training mode {self.mode!r}: use 'fast' or 'full'")
+        if self.folds < 1:
+            raise ValueError(f"folds must be at least 1, not {self.folds}")
         for name, default in MODE_DEFAULTS[self.mode].items():  # None: this mode's default
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)

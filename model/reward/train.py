@@ -5,6 +5,7 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
   those features, so the saved model is the unchanged architecture and scores identically. With
   pooling="mean" (the default) that first token is the mean of the tokens (model/reward/pooling.py).
+  With `folds` > 1, that many heads are cross-fitted on folds of the prompts and their weights averaged.
 * full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
   bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
   over `members` runs from one start when asked.
@@ -17,7 +18,6 @@ mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,29 +30,9 @@ from model.reward.fast import train_fast
 from model.reward.full import train_full
 from model.reward.model import REWARD_CONFIG, load_reward_base, resolve_base_model
 from model.reward.objective import margin_loss, pair_weights
+from model.reward.splits import prompt_folds, split_pairs
 
 Progress = Callable[[float, str], None]
-
-
-def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list, list]:
-    """Held-out split grouped by prompt: a random `val_fraction` of the distinct prompts is held out with
-    every pair of theirs (several annotators' judgements of one task, a ranking's C(k,2) pairs, the same
-    prompt in two tasks), so held-out accuracy is measured on prompts the model never trained on. Below
-    `min_val_pairs` pairs there is no split (everything trains; val_accuracy is reported as None)."""
-    if len(pairs) < config.min_val_pairs or config.val_fraction <= 0:
-        return list(pairs), []
-    groups: dict[str, list] = {}
-    for p in pairs:
-        groups.setdefault(p.prompt, []).append(p)
-    keys = list(groups)
-    random.Random(config.seed).shuffle(keys)
-    n_val = max(1, round(len(keys) * config.val_fraction))
-    if n_val >= len(keys):
-        return list(pairs), []
-    val = [p for k in keys[:n_val] for p in groups[k]]
-    train = [p for k in keys[n_val:] for p in groups[k]]
-    return train, val
-
 
 
 def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir: Path,
@@ -82,13 +62,17 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     torch.manual_seed(config.seed)  # the classifier's fresh initialization
     model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    train, val = split_pairs(pairs, config)
+    # A cross-fitted fast mode (folds > 1): every pair trains all the heads but one and is held out from
+    # that one, which scores it, so `margins` are of every pair. Otherwise they are of the held-out split.
+    cross_fit = config.mode == "fast" and prompt_folds(pairs, config) is not None
+    train, val = (list(pairs), []) if cross_fit else split_pairs(pairs, config)
+    held_out = train if cross_fit else val
 
     extra: dict = {"pooling": pooling}
     trainer = train_fast if config.mode == "fast" else train_full
     history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
-    if config.calibrate and val:
-        temperature = fit_temperature(margins, pair_weights(val))
+    if config.calibrate and held_out:
+        temperature = fit_temperature(margins, pair_weights(held_out))
         if scale_rewards(model, 1 / temperature):
             margins, rewards = [m / temperature for m in margins], [r / temperature for r in rewards]
             extra["temperature"] = temperature
@@ -101,12 +85,13 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     (out_dir / REWARD_CONFIG).write_text(json.dumps(
         {"max_length": config.max_length, "base_model": config.base_model, "mode": config.mode}, indent=2))
     scored = margin_metrics(margins, seed=config.seed)
-    has_val = bool(val)
+    has_val = bool(held_out)
     metrics = {
-        "n_pairs": len(pairs), "n_train": len(train), "n_val": len(val),
+        "n_pairs": len(pairs), "n_train": len(train), "n_val": len(held_out),
         "val_accuracy": scored["accuracy"] if has_val else None,
         "val_accuracy_ci": [scored["ci_low"], scored["ci_high"]] if has_val else None,
-        "val_loss": margin_loss(margins, config, pair_weights(val)) if has_val else None,  # of the saved model
+        # of the saved model (cross-fitted: of the heads it averages, each on its own fold)
+        "val_loss": margin_loss(margins, config, pair_weights(held_out)) if has_val else None,
         "train_loss": history[-1]["train_loss"],
         "mean_margin": scored["mean_margin"],
         "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
