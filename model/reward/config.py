@@ -7,7 +7,7 @@ from pathlib import Path
 
 MINILM = "minilm"
 MODE_DEFAULTS = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                 "full": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 8}}
+                 "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class TrainConfig:
     max_length: int = 256             # tokens of prompt+answer
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
-    epochs: int | None = None         # None: the mode's default, 60 (fast, best epoch kept) / 1 (full, as TRL)
+    epochs: int | None = None         # None: the mode's default, 60 (fast) / 2 (full); the best epoch is kept
     learning_rate: float | None = None  # None: 3e-4 (fast) / 1e-4 (full, as TRL)
     batch_size: int | None = None     # pairs per step; None: 64 (fast) / 8 (full)
     weight_decay: float = 0.01
