@@ -124,6 +124,8 @@ def test_fast_mode_cross_fits_heads_on_prompt_folds_and_saves_their_average(enco
     assert sorted(i for fold in folds for i in fold) == list(range(80))
     prompts = [{ranked[i].prompt for i in fold} for fold in folds]
     assert len(folds) == 3 and not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    twice = [ranked[0], *ranked]  # one pair object twice (a duplicated annotation): both indices, one fold
+    assert sorted(i for fold in prompt_folds(twice, cfg) for i in fold) == list(range(81))
 
     fits, real = [], fast._fit_head
 

@@ -10,10 +10,11 @@ from model.pairs import PreferencePair
 from model.reward.config import TrainConfig
 
 
-def _prompt_groups(pairs: list[PreferencePair], seed: int) -> list[list[PreferencePair]]:
-    groups: dict[str, list] = {}
-    for p in pairs:
-        groups.setdefault(p.prompt, []).append(p)
+def _prompt_groups(pairs: list[PreferencePair], seed: int) -> list[list[int]]:
+    """The pairs' indices grouped by prompt, the groups in a random order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.prompt, []).append(i)
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     return [groups[k] for k in keys]
@@ -29,7 +30,7 @@ def split_pairs(pairs: list[PreferencePair], config: TrainConfig) -> tuple[list,
     n_val = max(1, round(len(groups) * config.val_fraction))
     if n_val >= len(groups):
         return list(pairs), []
-    return [p for g in groups[n_val:] for p in g], [p for g in groups[:n_val] for p in g]
+    return [pairs[i] for g in groups[n_val:] for i in g], [pairs[i] for g in groups[:n_val] for i in g]
 
 
 def prompt_folds(pairs: list[PreferencePair], config: TrainConfig) -> list[list[int]] | None:
@@ -37,8 +38,7 @@ def prompt_folds(pairs: list[PreferencePair], config: TrainConfig) -> list[list[
     are fewer pairs than `min_val_pairs`, fewer prompts than folds, or one fold is asked for."""
     if config.folds < 2 or len(pairs) < config.min_val_pairs:
         return None
-    position = {id(p): i for i, p in enumerate(pairs)}
     groups = _prompt_groups(pairs, config.seed)
     if len(groups) < config.folds:
         return None
-    return [[position[id(p)] for g in groups[k::config.folds] for p in g] for k in range(config.folds)]
+    return [[i for g in groups[k::config.folds] for i in g] for k in range(config.folds)]
