@@ -226,8 +226,8 @@ def register(subparsers) -> None:
                         "loop's retrains (the only mode that serves a new version within ~15 s of an "
                         "annotation at 1,000 pairs). full: fine-tunes the encoder for two epochs, in about twice the "
                         "time TRL's RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) "
-                        "and 1-2 points more accurate on hh-rlhf than fast mode and TRL: use it for the model you "
-                        "hand to the RL step, and --members N when you can afford N times that")
+                        "and on hh-rlhf 1-2 points more accurate than fast mode, 1 more than TRL: use it for the "
+                        "model you hand to the RL step, and --members N when you can afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the left)")
     p.add_argument("--epochs", type=positive_int, help="default: 60 (fast) or 2 (full); the best held-out epoch is kept")

@@ -291,8 +291,10 @@ def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup,
                                                                      tmp_path):
     """The first refresh reads every unlabelled task and keeps their answers' feature keys; the next version's
     refresh reads only the tasks changed since (one labelled, one whose answer was edited, two new) and
-    scores the rest from their keys, with the same scores a full read gives. A deleted task, which nothing
-    Label Studio lists shows, makes an import fail: the job then reads every task and finishes."""
+    scores the rest from their keys, with the same scores a full read gives. The labelled task keeps the
+    guess its annotation started from, renamed out of the deleted version, and the annotation its link to
+    it. A deleted task, which nothing Label Studio lists shows, makes an import fail: the job then reads
+    every task and finishes."""
     from backend.labels import parse_label_config
     from backend.predictions import score_tasks
     from model.reward.cached import load_scorer
