@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from model.reward.features import FeatureCache
 from model.reward.model import resolve_base_model
 from model.reward.objective import bt_loss, margin_loss, pair_weights
-from model.reward.splits import prompt_folds
 
 
 def _bert_head(model):
@@ -39,7 +38,9 @@ def _bert_head(model):
     return head, modules
 
 
-def train_fast(model, tokenizer, train, val, config, progress, out):
+def train_fast(model, tokenizer, train, val, config, progress, out, folds=None):
+    """Fit the head on `train`, stopped early on `val`; with `folds` (indices into `train`, which then
+    holds every pair and `val` none), cross-fit one head per fold (`_cross_fit`)."""
     import torch
 
     base_path = resolve_base_model(config.base_model)
@@ -57,7 +58,6 @@ def train_fast(model, tokenizer, train, val, config, progress, out):
     chosen, rejected = feats[:n], feats[n:2 * n]
     t_idx, v_idx = torch.arange(len(train)), torch.arange(len(train), n)
 
-    folds = None if val else prompt_folds(train, config)
     with _one_thread():  # small head ops: OpenMP hand-offs cost more than they save, badly so on busy cores
         if folds:
             return _cross_fit(model, chosen, rejected, pair_weights(everything), folds, config, progress, out)

@@ -64,13 +64,15 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     # A cross-fitted fast mode (folds > 1): every pair trains all the heads but one and is held out from
     # that one, which scores it, so `margins` are of every pair. Otherwise they are of the held-out split.
-    cross_fit = config.mode == "fast" and prompt_folds(pairs, config) is not None
-    train, val = (list(pairs), []) if cross_fit else split_pairs(pairs, config)
-    held_out = train if cross_fit else val
+    folds = prompt_folds(pairs, config) if config.mode == "fast" else None
+    train, val = (list(pairs), []) if folds else split_pairs(pairs, config)
+    held_out = train if folds else val
 
     extra: dict = {"pooling": pooling}
-    trainer = train_fast if config.mode == "fast" else train_full
-    history, margins, rewards = trainer(model, tokenizer, train, val, config, report, extra)
+    if config.mode == "fast":
+        history, margins, rewards = train_fast(model, tokenizer, train, val, config, report, extra, folds)
+    else:
+        history, margins, rewards = train_full(model, tokenizer, train, val, config, report, extra)
     if config.calibrate and held_out:
         temperature = fit_temperature(margins, pair_weights(held_out))
         if scale_rewards(model, 1 / temperature):
