@@ -48,8 +48,9 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
     full._fine_tune = recording
     out = Path(tempfile.mkdtemp(dir=work, prefix="members-"))
     try:
+        # uncalibrated: the members' weights are scored as they trained (a temperature ranks nothing anew)
         config = TrainConfig(mode="full", base_model=args.base_model, max_length=args.max_length,
-                             threads=args.threads, seed=seed, members=args.members)
+                             threads=args.threads, seed=seed, members=args.members, calibrate=False)
         last = [0.0]
 
         def progress(fraction, message):

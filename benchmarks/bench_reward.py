@@ -2,7 +2,8 @@
 
 One run, one process, one split: the first --train lines train, the last --test lines test; the prompt
 is the shared prefix up to the last "\\n\\nAssistant:" (--test-first: the first lines test and the last train,
-a second held-out slice). All three use the same base model and max length. Fast mode runs twice on the
+a second held-out slice). All three use the same base model; TRL and full mode the same max length, fast
+mode its own default (--max-length sets all three). Fast mode runs twice on the
 first seed: first with an empty feature cache (encoding every text; --feature-cache keeps one between
 runs), then a retrain that finds every feature cached; then once per further seed. Accuracy is on the test
 pairs (ties count half) with a 95% bootstrap interval, scored by the SAVED model folder. The machine is
@@ -85,7 +86,8 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          learning_rate=args.full_lr if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
                          members=args.full_members if mode == "full" else 1, calibrate=args.calibrate,
-                         folds=args.fast_folds if mode == "fast" else 1)
+                         folds=args.fast_folds if mode == "fast" else 1,
+                         patience=args.fast_patience if mode == "fast" else TrainConfig.patience)
     if mode == "full" and args.average_epochs:
         config = dataclasses.replace(config, average_epochs=args.average_epochs)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
@@ -112,6 +114,9 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     from model.hardware import cpu_has_fast_bf16
     from model.reward.model import quiet_transformers, resolve_base_model
 
+    from model.reward.config import MODE_DEFAULTS
+
+    max_length = args.max_length or MODE_DEFAULTS["full"]["max_length"]  # compared with full mode
     base = resolve_base_model(args.base_model)
     tok = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(seed)
@@ -119,7 +124,7 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     data = Dataset.from_list([{"prompt": p.prompt, "chosen": " " + p.chosen, "rejected": " " + p.rejected}
                               for p in train])
-    config = RewardConfig(output_dir=str(work / "trl"), max_length=args.max_length, eos_token=tok.sep_token,
+    config = RewardConfig(output_dir=str(work / "trl"), max_length=max_length, eos_token=tok.sep_token,
                           num_train_epochs=1, report_to="none", save_strategy="no", logging_steps=20,
                           use_cpu=True, dataloader_num_workers=0, seed=seed, bf16=cpu_has_fast_bf16())
     trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
@@ -135,7 +140,7 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     rewards = []
     with torch.inference_mode():
         for start in range(0, len(texts), 32):
-            enc = tok(texts[start:start + 32], truncation=True, max_length=args.max_length, padding=True,
+            enc = tok(texts[start:start + 32], truncation=True, max_length=max_length, padding=True,
                       return_tensors="pt")
             rewards += model(**enc).logits[:, 0].tolist()
     margins = [rewards[i] - rewards[i + 1] for i in range(0, len(rewards), 2)]
@@ -157,6 +162,7 @@ def section_fast(train, test, args, work, results, pooling="mean"):
     results[key] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
                     "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
                     "pooling": first["metrics"]["pooling"], "folds": first["metrics"].get("folds", 1),
+                    "patience": args.fast_patience,
                     "seeds": per_seed_results}
     log(f"{key}: {[brief(r) for r in per_seed_results]}")
 
@@ -221,7 +227,9 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=int, default=1300, help="first N lines train (default 1300)")
     parser.add_argument("--test", type=int, default=500, help="last N lines test (default 500)")
     parser.add_argument("--base-model", default="minilm")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens of prompt+answer (default: each mode's, 512 in fast mode, 256 in full mode "
+                             "and for TRL)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test-first", action="store_true",
                         help="a second held-out slice: the FIRST --test lines test and the last --train lines "
@@ -268,6 +276,9 @@ def main() -> int:
     parser.add_argument("--fast-folds", type=int, default=TrainConfig.folds,
                         help=f"fast mode: heads cross-fitted on folds of the prompts and averaged (default "
                              f"{TrainConfig.folds}: one head with 15%% of the prompts held out)")
+    parser.add_argument("--fast-patience", type=int, default=TrainConfig.patience,
+                        help=f"fast mode: epochs without a better held-out loss before a head stops (default "
+                             f"{TrainConfig.patience})")
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
     parser.add_argument("--average-epochs", type=float, default=None,
                         help="full mode: horizon of the weights' moving average in epochs (default: TrainConfig's)")
@@ -281,8 +292,9 @@ def main() -> int:
                         help="comma-separated, in order, from: fast, fast-cls (fast mode reading the first token "
                              "instead of mean pooling), trl, full")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="ours: fit a temperature on the held-out pairs (TrainConfig.calibrate)")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=TrainConfig.calibrate,
+                        help="ours: divide the rewards by a temperature fitted on the held-out pairs "
+                             f"(TrainConfig.calibrate, default {'on' if TrainConfig.calibrate else 'off'})")
     parser.add_argument("--prompt-tokens", type=int, default=None,
                         help="keep only each prompt's last N tokens of the base model's tokenizer, in training and "
                              "test alike (an input variant to measure; default: the whole prompt, cut to fit "
@@ -322,7 +334,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{len(train)} train / {len(test)} test pairs ({results['test_slice']} lines test) from {args.data.name}, base {args.base_model}, "
-          f"max_length {args.max_length}, {args.threads} threads, {results['date']}\n")
+          f"max_length {args.max_length or 'of each mode (fast 512, full and TRL 256)'}, {args.threads} threads, {results['date']}\n")
     print("| method | test accuracy [95% CI] | train time (s) | notes |\n|---|---|---|---|")
     print(fmt_row("shorter answer wins", results["shorter_wins"], "0", "baseline, no model"))
     for key in ("fast", "fast-cls"):

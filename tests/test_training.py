@@ -48,6 +48,7 @@ def config(encoder, mode, **kw):
     kw.setdefault("epochs", {"fast": 60, "full": 4}[mode])
     kw.setdefault("learning_rate", {"fast": 1e-2, "full": 2e-3}[mode])
     kw.setdefault("batch_size", 16)
+    kw.setdefault("calibrate", False)  # these tests compare the saved model with what training computed, unscaled
     return TrainConfig(base_model=encoder, mode=mode, max_length=48, **kw)
 
 
@@ -58,11 +59,15 @@ def test_training_learns_the_known_preference(encoder, pairs, tmp_path, mode):
     margin_before = [c - r for c, r in zip(before.rewards([p.prompt for p in test], [p.chosen for p in test]),
                                            before.rewards([p.prompt for p in test], [p.rejected for p in test]))]
     progress = []
-    metrics = train_reward_model(pairs, config(encoder, mode, threads=1), tmp_path,
+    metrics = train_reward_model(pairs, config(encoder, mode, threads=1, calibrate=True), tmp_path,
                                  progress=lambda f, m: progress.append(f))
 
-    assert REQUIRED <= metrics.keys()
-    assert metrics["n_pairs"] == 240 and metrics["n_train"] + metrics["n_val"] == 240 and metrics["n_val"] >= 30
+    assert REQUIRED <= metrics.keys() and metrics["temperature"] > 0
+    assert metrics["n_pairs"] == 240
+    if mode == "fast":  # cross-fitted by default: every pair trains two of the three heads, and the third scores it
+        assert metrics["n_train"] == metrics["n_val"] == 240 and metrics["folds"] == 3
+    else:
+        assert metrics["n_train"] + metrics["n_val"] == 240 and metrics["n_val"] >= 30
     assert metrics["val_accuracy"] > 0.9
     lo, hi = metrics["val_accuracy_ci"]
     assert lo <= metrics["val_accuracy"] <= hi
@@ -103,9 +108,9 @@ def test_saved_folder_is_a_stock_model_scoring_like_reward_model(encoder, pairs,
 
 def test_fast_mode_scores_match_the_head_it_trained(encoder, pairs, tmp_path):
     """The saved model, re-reading the texts, reproduces the rewards computed from cached features."""
-    metrics = train_reward_model(pairs[:40], config(encoder, "fast", epochs=5), tmp_path)
+    metrics = train_reward_model(pairs[:40], config(encoder, "fast", epochs=5, folds=1), tmp_path)
     rm = RewardModel.load(tmp_path)
-    _, val = split_pairs(pairs[:40], config(encoder, "fast"))
+    _, val = split_pairs(pairs[:40], config(encoder, "fast", folds=1))
     m = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
                                rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
     assert sum(m) / len(m) == pytest.approx(metrics["mean_margin"], abs=1e-4)
@@ -155,6 +160,35 @@ def test_fast_mode_cross_fits_heads_on_prompt_folds_and_saves_their_average(enco
     rm = RewardModel.load(tmp_path)
     rewards = rm.rewards([p.prompt for p in ranked] * 2, [p.chosen for p in ranked] + [p.rejected for p in ranked])
     assert sum(rewards) / len(rewards) == pytest.approx(metrics["reward_mean"], abs=1e-4)
+
+
+def test_a_cross_fitted_heads_temperature_is_fitted_on_the_heads_and_narrowed_to_their_average(
+        encoder, tmp_path, monkeypatch):
+    """The temperature is fitted on the heads' held-out margins; the saved average's margins spread less than
+    the heads', so its rewards are divided by that temperature times the ratio of the two spreads."""
+    import model.reward.train as train_module
+
+    data = synthetic_pairs(90, seed=4)
+    cfg = config(encoder, "fast", epochs=8, folds=3)
+    plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
+    plain.mkdir(), calibrated.mkdir()
+    before = train_reward_model(data, cfg, plain)
+    fitted, real = [], train_module.fit_temperature
+    monkeypatch.setattr(train_module, "fit_temperature",
+                        lambda margins, weights: fitted.append((margins, real(margins, weights))) or fitted[-1][1])
+    after = train_reward_model(data, dataclasses.replace(cfg, calibrate=True), calibrated)
+
+    (held_out, t_heads), = fitted
+    rewards = RewardModel.load(plain).rewards([p.prompt for p in data] * 2,
+                                              [p.chosen for p in data] + [p.rejected for p in data])
+    average_margins = torch.tensor(rewards[:90]) - torch.tensor(rewards[90:])
+    spread = (average_margins.std() / torch.tensor(held_out).std()).item()
+    assert after["average_spread"] == before["average_spread"] == pytest.approx(spread, rel=1e-3)
+    assert abs(spread - 1) > 0.01  # else the test could not tell the narrowed temperature from the heads'
+    assert after["temperature"] == pytest.approx(t_heads * spread, rel=1e-3)
+    again = RewardModel.load(calibrated).rewards([p.prompt for p in data], [p.chosen for p in data])
+    assert again == pytest.approx([r / after["temperature"] for r in rewards[:90]], abs=1e-4)
+    assert after["val_accuracy"] == before["val_accuracy"] and after["val_loss"] <= before["val_loss"] + 1e-6
 
 
 def test_feature_cache_is_reused_across_runs(encoder, pairs, tmp_path):

@@ -81,10 +81,12 @@ def test_promotion_modes():
 def test_a_round_writes_an_evaluated_version_and_serves_it_only_as_promotion_says(models, tmp_path):
     store = VersionStore(tmp_path / "models", GENERATOR)
     pairs = pairs_for(questions(24))
-    outcome = run_round(pairs, 7, store, models["lm"], round_config(models), tmp_path / "work",
+    one_head = dataclasses.replace(round_config(models).judge, folds=1)
+    outcome = run_round(pairs, 7, store, models["lm"], round_config(models, judge=one_head), tmp_path / "work",
                         provenance={"annotations": 24})
     assert outcome["status"] == "done" and outcome["version"] == "v1"
-    # A judge trained on a handful of pairs has no held-out accuracy: the rule cannot promote.
+    # One head holds out 2 of the 12 pairs it is given: its accuracy's interval reaches below 50%, so the rule
+    # cannot promote.
     assert not outcome["promoted"] and store.current(7) is None
     tuning = store.metrics(7, "v1", "tuning.json")
     evaluation = store.metrics(7, "v1", EVALUATION_FILE)
@@ -105,9 +107,14 @@ def test_a_round_writes_an_evaluated_version_and_serves_it_only_as_promotion_say
 
 
 def test_a_judge_tested_on_two_pairs_cannot_vouch_for_a_round(models, tmp_path):
-    """It may get both right: its interval must still reach below 50% (a bootstrap's would be [100%, 100%])."""
-    _, info = train_judge(pairs_for(questions(11)), round_config(models).judge, tmp_path)
+    """It may get both right: its interval must still reach below 50% (a bootstrap's would be [100%, 100%]).
+    Cross-fitted (the default), the judge is tested on every pair instead."""
+    one_head = dataclasses.replace(round_config(models).judge, folds=1)
+    (tmp_path / "one").mkdir(), (tmp_path / "folds").mkdir()
+    _, info = train_judge(pairs_for(questions(11)), one_head, tmp_path / "one")
     assert info["accuracy_pairs"] == 2 and info["accuracy_ci"][0] < 0.5
+    _, info = train_judge(pairs_for(questions(11)), round_config(models).judge, tmp_path / "folds")
+    assert info["accuracy_pairs"] == 11
 
 
 def test_a_round_without_pairs_to_tune_on_is_skipped(models, tmp_path):

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MINILM = "minilm"
-MODE_DEFAULTS = {"fast": {"epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
-                 "full": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
+MODE_DEFAULTS = {"fast": {"max_length": 512, "epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
+                 "full": {"max_length": 256, "epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,8 @@ class TrainConfig:
     base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
     mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
     pooling: str = "mean"             # "mean": read the encoder by mean pooling (model/reward/pooling.py); "cls"
-    max_length: int = 256             # tokens of prompt+answer
+    max_length: int | None = None     # tokens of prompt+answer; None: 512 (fast: a text costs only its own
+    #                                     length to encode, once) / 256 (full: as TRL, every epoch pays it)
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     feature_cache_dir: Path | None = None  # fast mode: persistent feature cache (None: this run only)
     epochs: int | None = None         # None: the mode's default, 60 (fast) / 2 (full); the best epoch is kept
@@ -31,14 +32,14 @@ class TrainConfig:
     train_layers: int | None = None   # full mode: fine-tune only the top N encoder layers (None: all)
     average_epochs: float | None = 0.7  # full mode: keep a moving average of the weights over about this
     #                                     many epochs and save that (None: the last weights)
-    folds: int = 1                    # fast mode: fit this many heads, each held out from its own fold of the
+    folds: int = 3                    # fast mode: fit this many heads, each held out from its own fold of the
     #                                     prompts, and save their weight average (1: one head, val_fraction held out)
     members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
     #                                     and save the members' weight average (WARM); N times the time
     dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
     bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
     eval_batch_size: int = 32
-    calibrate: bool = False           # divide the rewards by a temperature fitted on the held-out pairs
+    calibrate: bool = True            # divide the rewards by a temperature fitted on the held-out pairs
 
     def __post_init__(self):
         if self.mode not in MODE_DEFAULTS:

@@ -5,13 +5,13 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
   those features, so the saved model is the unchanged architecture and scores identically. With
   pooling="mean" (the default) that first token is the mean of the tokens (model/reward/pooling.py).
-  With `folds` > 1, that many heads are cross-fitted on folds of the prompts and their weights averaged.
+  With `folds` > 1 (3 by default), that many heads are cross-fitted on folds of the prompts and averaged.
 * full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
   bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
   over `members` runs from one start when asked.
 The loss is the mean over pairs weighted by each pair's `weight` (model/reward/objective.py). The best point
-by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full: per epoch, one by
-default). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
+by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full: per epoch, of two
+by default), then the rewards are divided by a temperature fitted on the held-out pairs (`calibrate`). The encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full
 mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 """
 
@@ -75,9 +75,12 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         history, margins, rewards = train_full(model, tokenizer, train, val, config, report, extra)
     if config.calibrate and held_out:
         temperature = fit_temperature(margins, pair_weights(held_out))
-        if scale_rewards(model, 1 / temperature):
-            margins, rewards = [m / temperature for m in margins], [r / temperature for r in rewards]
-            extra["temperature"] = temperature
+        # Cross-fitted: the held-out margins are the heads', calibrated by `temperature`; the saved average's
+        # spread less, so its own temperature is smaller by as much (fast.py).
+        saved_temperature = temperature * extra.get("average_spread", 1.0)
+        if scale_rewards(model, 1 / saved_temperature):
+            margins, rewards = [m / temperature for m in margins], [r / saved_temperature for r in rewards]
+            extra["temperature"] = saved_temperature
     train_seconds = time.perf_counter() - started
 
     report(0.96, "saving")
