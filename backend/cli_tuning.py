@@ -201,7 +201,7 @@ def compare_command(args, settings: Settings) -> int:
     overrides = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}.items()
                  if v is not None}
     generation = dataclasses.replace(generation_config(settings), backend="local", seed=args.seed, **overrides)
-    judge_config = dataclasses.replace(train_config(settings), mode=args.judge_mode, seed=args.seed)
+    judge_config = train_config(settings, mode=args.judge_mode, seed=args.seed)
     judge, info = None, None
     if args.judge:
         judge = RewardModel.load(args.judge)

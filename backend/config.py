@@ -85,7 +85,8 @@ OPTIONS: tuple[Option, ...] = (
            "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder."),
     Option("TRAIN_MODE", "fast", "fast (frozen encoder, cached features, seconds) or full (fine-tune, minutes)."),
     Option("TRAIN_MEMBERS", "1", "full mode: fine-tunes from one start whose weights are averaged (WARM); N times the training time."),
-    Option("REWARD_MAX_LENGTH", "256", "Tokens of prompt+answer the reward model reads."),
+    Option("REWARD_MAX_LENGTH", None, "Tokens of prompt+answer the reward model reads (unset: 512 in fast mode, "
+                                      "256 in full mode)."),
     Option("REWARD_POOLING", "mean", "mean (an added mean-pooling layer, for sentence encoders) or cls (first token)."),
     Option("MIN_NEW_ANNOTATIONS", "1", "Annotation events retrain once this many new annotations exist."),
     Option("PREANNOTATE", "trained", "never, trained (once held-out accuracy >= PREANNOTATE_MIN_ACCURACY) or always."),
@@ -148,7 +149,7 @@ class Settings:
     reward_base_model: str
     train_mode: str
     train_members: int
-    reward_max_length: int
+    reward_max_length: int | None
     reward_pooling: str
     min_new_annotations: int
     preannotate: str
@@ -285,7 +286,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reward_base_model=raw("REWARD_BASE_MODEL"),
         train_mode=choice("TRAIN_MODE", ("fast", "full")),
         train_members=integer("TRAIN_MEMBERS", 1),
-        reward_max_length=integer("REWARD_MAX_LENGTH", 16),
+        reward_max_length=optional_int("REWARD_MAX_LENGTH", 16),
         reward_pooling=choice("REWARD_POOLING", ("mean", "cls")),
         min_new_annotations=integer("MIN_NEW_ANNOTATIONS", 1),
         preannotate=choice("PREANNOTATE", ("never", "trained", "always")),
@@ -323,11 +324,13 @@ def tuning_config(settings: Settings):
                       cache_dir=settings.model_dir / "generator-cache")
 
 
-def train_config(settings: Settings):
-    """The reward model's training settings."""
+def train_config(settings: Settings, **overrides):
+    """The reward model's training settings, with `overrides` (None: not given) in place of the settings'.
+    They go in before the config is made, so another `mode` also brings that mode's defaults."""
     from model.reward.config import TrainConfig
 
-    return TrainConfig(
+    fields = dict(
         base_model=settings.reward_base_model, mode=settings.train_mode, max_length=settings.reward_max_length,
         pooling=settings.reward_pooling, threads=settings.torch_threads, members=settings.train_members,
         feature_cache_dir=settings.model_dir / "feature-cache")
+    return TrainConfig(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.config import train_config
 from model.pairs import (DEFAULT_FIELDS, DEFAULT_RANKER_FIELDS, PreferencePair, RankerFields, TaskFields, csv_value,
                          pairs_from_tasks)
 from model.rankings import pairs_from_rankings, rankings_from_tasks
@@ -141,5 +142,6 @@ def learning_curve_features(settings, pairs, model_dir: Path):
     None below 8 pairs, too few for a curve."""
     if len(pairs) < 8:
         return None
-    return pair_features(pairs, settings.reward_base_model, settings.reward_max_length, settings.reward_pooling,
+    fast = train_config(settings, mode="fast")  # the features fast-mode training cached
+    return pair_features(pairs, fast.base_model, fast.max_length, fast.pooling,
                          Path(model_dir) / "feature-cache")

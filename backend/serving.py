@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.config import Settings
+from backend.config import Settings, train_config
 from model.store import VersionStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,6 @@ class ModelCache:
                 from model.reward.model import RewardModel
 
                 self._zero_shot = Scorer(ZERO_SHOT, RewardModel.zero_shot(
-                    self.settings.reward_base_model, self.settings.reward_max_length))
+                    self.settings.reward_base_model, train_config(self.settings).max_length))
             return self._zero_shot
 

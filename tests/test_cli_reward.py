@@ -89,6 +89,24 @@ def test_train_then_eval(tmp_path, capsys, monkeypatch):
     assert f"reliability diagram: {tmp_path / 'plots' / 'reliability-test.png'}" in io.out
 
 
+@pytest.mark.slow
+def test_train_options_reach_the_training(tmp_path, capsys):
+    """`--mode full` on a deployment whose TRAIN_MODE is fast (the default) trains with full mode's defaults,
+    and `--folds` / `--no-calibrate` reach fast mode's head."""
+    encoder = tiny_encoder(tmp_path / "enc")
+    data = tmp_path / "train.jsonl"
+    write_trl_jsonl(synthetic(40), data)
+    common = ["--data", str(data), "--out", str(tmp_path / "store"), "--base-model", str(encoder), "--max-length", "32"]
+    code, io = run(["train", *common, "--mode", "full"], tmp_path, capsys)
+    full = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())
+    assert code == 0 and (full["mode"], full["epochs"], full["learning_rate"]) == ("full", 2, 1e-4)
+    assert full["temperature"] > 0  # calibrated by default
+    code, io = run(["train", *common, "--mode", "fast", "--folds", "2", "--no-calibrate", "--epochs", "3"],
+                   tmp_path, capsys)
+    fast = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())
+    assert code == 0 and (fast["mode"], fast["epochs"], fast["folds"]) == ("fast", 3, 2) and "temperature" not in fast
+
+
 def test_eval_of_something_that_is_no_reward_model_says_what_was_expected_in_one_line(tmp_path, capsys, monkeypatch):
     from backend.cli import main
 

@@ -38,6 +38,20 @@ def test_training_settings_reach_the_train_config():
     assert (config.mode, config.members, config.pooling) == ("full", 3, "cls")
 
 
+def test_another_mode_asked_for_brings_its_own_defaults():
+    """`train --mode full` on a fast-mode deployment, or the tuning judge (fast) on a full-mode one, trains with
+    that mode's epochs, learning rate, batch and length, not the other's."""
+    from backend.config import train_config
+
+    fast = train_config(load_settings({}))
+    full = train_config(load_settings({}), mode="full", seed=None)
+    judge = train_config(load_settings({"TRAIN_MODE": "full"}), mode="fast")
+    assert (fast.mode, fast.epochs, fast.batch_size, fast.max_length, fast.folds) == ("fast", 60, 64, 512, 3)
+    assert (full.epochs, full.learning_rate, full.batch_size, full.max_length, full.seed) == (2, 1e-4, 8, 256, 0)
+    assert (judge.epochs, judge.learning_rate, judge.max_length) == (60, 3e-4, 512)
+    assert train_config(load_settings({"REWARD_MAX_LENGTH": "128"}), mode="full").max_length == 128
+
+
 def test_the_tuning_adapters_layers_reach_the_tuning_config():
     from backend.config import tuning_config
 

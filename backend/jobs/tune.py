@@ -77,7 +77,7 @@ def tune(ctx, project: int) -> dict:
     config = RoundConfig(
         tune=tuning_config(settings),
         generation=dataclasses.replace(generation_config(settings), backend="local", model_b=None, seed=0),
-        judge=dataclasses.replace(train_config(settings), mode="fast", seed=0),
+        judge=train_config(settings, mode="fast", seed=0),
         holdout=settings.tune_holdout, eval_prompts=settings.tune_eval_prompts, promote=settings.tune_promote,
         keep_versions=settings.keep_versions)
     store = VersionStore(settings.model_dir, GENERATOR)
