@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import LS_TOKEN, backend_env, poll, start_backend, start_label_studio  # noqa: E402
-from load_predict import rss_mib  # noqa: E402
+from harness import LS_TOKEN, backend_env, poll, start_backend, start_label_studio, tree_rss_mib  # noqa: E402
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -169,8 +169,8 @@ def main() -> int:
                      f"{statistics.median(latencies):.1f} / {latencies[int(0.9 * len(latencies))]:.1f} / "
                      f"{latencies[-1]:.1f} ({len(latencies)} requests)"))
         rows.append(("server RSS (gunicorn master + workers), reward model loaded",
-                     f"{rss_mib(server.popen.pid):.0f} MiB"))
-        rows.append(("worker RSS, generator and reward model loaded", f"{rss_mib(worker.popen.pid):.0f} MiB"))
+                     f"{tree_rss_mib(server.popen.pid):.0f} MiB"))
+        rows.append(("worker RSS, generator and reward model loaded", f"{tree_rss_mib(worker.popen.pid):.0f} MiB"))
     finally:
         for process in (worker, server, ls_process):
             if process is not None:

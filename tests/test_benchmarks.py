@@ -26,6 +26,15 @@ def hh_style_lines(n: int, seed: int = 0) -> list[str]:
     return lines
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_starts(script):
+    """Its imports resolve and its options parse: a helper renamed elsewhere once left bench_retrain.py
+    failing at its first line, unnoticed until the next run."""
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     data = tmp_path / "hh.jsonl"
