@@ -219,12 +219,13 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=("fast", "full"),
                    help="fast (TRAIN_MODE's default): frozen encoder with cached features, trains three "
                         "cross-fitted heads only; about 1.5 s per retrain at 1,300 pairs once the texts are "
-                        "encoded, and on hh-rlhf as accurate as TRL's RewardTrainer (63.2 against 63.3%% on the same 500 test pairs), so use "
-                        "it for the annotation loop's retrains (the only mode that serves a new version within "
-                        "~15 s of an annotation at 1,000 pairs). full: fine-tunes the encoder for two epochs, in "
-                        "about twice the time TRL's RewardTrainer takes on the same pairs (minutes per thousand "
-                        "pairs on a CPU) and on hh-rlhf 1 point more accurate than fast mode and TRL: use it for "
-                        "the model you hand to the RL step, and --members N when you can afford N times that")
+                        "encoded, and on hh-rlhf as accurate as TRL's RewardTrainer (63.2 against 63.3%% on the "
+                        "same 500 test pairs), so use it for the annotation loop's retrains (the only mode that "
+                        "serves a new version within ~15 s of an annotation at 1,000 pairs). full: fine-tunes the "
+                        "encoder for two epochs, in about twice the time TRL's RewardTrainer takes on the same "
+                        "pairs (minutes per thousand pairs on a CPU) and on hh-rlhf 1 point more accurate than "
+                        "fast mode and TRL: use it for the model you hand to the RL step, and --members N when "
+                        "you can afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the "
                    "left); default: REWARD_MAX_LENGTH, else 512 (fast) or 256 (full)")

@@ -112,9 +112,8 @@ def run_trl(train, test, args, work: Path, seed: int = 0) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     from model.hardware import cpu_has_fast_bf16
-    from model.reward.model import quiet_transformers, resolve_base_model
-
     from model.reward.config import MODE_DEFAULTS
+    from model.reward.model import quiet_transformers, resolve_base_model
 
     max_length = args.max_length or MODE_DEFAULTS["full"]["max_length"]  # compared with full mode
     base = resolve_base_model(args.base_model)
@@ -334,7 +333,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{len(train)} train / {len(test)} test pairs ({results['test_slice']} lines test) from {args.data.name}, base {args.base_model}, "
-          f"max_length {args.max_length or 'of each mode (fast 512, full and TRL 256)'}, {args.threads} threads, {results['date']}\n")
+          f"max_length {args.max_length or 'of each mode (fast 512, full and TRL 256)'}, {args.threads} threads, "
+          f"{results['date']}\n")
     print("| method | test accuracy [95% CI] | train time (s) | notes |\n|---|---|---|---|")
     print(fmt_row("shorter answer wins", results["shorter_wins"], "0", "baseline, no model"))
     for key in ("fast", "fast-cls"):
