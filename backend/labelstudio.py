@@ -250,11 +250,14 @@ class LabelStudioClient:
 
     # ---------------------------------------------------------------- tasks
 
-    def tasks(self, project: int, query: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[dict]:
-        """The project's tasks that match `query` (see `task_query`), page by page."""
+    def tasks(self, project: int, query: str | None = None, page_size: int = PAGE_SIZE,
+              with_predictions: bool = False) -> Iterator[dict]:
+        """The project's tasks that match `query` (see `task_query`), page by page; `with_predictions` adds
+        each task's `predictions` and annotations (`fields=all`: for the few tasks a filter selects)."""
         page = 1
         while True:
-            params = {"project": project, "fields": "task_only", "page": page, "page_size": page_size}
+            params = {"project": project, "fields": "all" if with_predictions else "task_only", "page": page,
+                      "page_size": page_size}
             if query:
                 params["query"] = query
             try:

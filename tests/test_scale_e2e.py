@@ -18,7 +18,7 @@ from label_studio_sdk import LabelStudio
 from rq.job import Job
 from rq.registry import FinishedJobRegistry
 
-from backend.jobs.refresh import refresh
+from backend.jobs.refresh import _remove_duplicates, refresh
 from backend.labelstudio import OVERLAP_SECONDS, Connection, LabelStudioClient, LabelStudioError, ProjectRegistry
 from backend.predictions import kept_version, made_by
 from backend.queue import JobQueue
@@ -133,6 +133,29 @@ def test_the_bulk_import_count_is_checked(ls, label_studio):
         client.import_predictions(project, [at_the_control])
 
 
+def test_a_twice_written_prediction_is_removed_from_unlabelled_tasks_only(ls, label_studio):
+    """The refresh's last step: an unlabelled task holding two predictions of the version keeps the newer; a
+    labelled task keeps both, since its annotation may have started from either."""
+    project, ids = make_project(ls, "duplicates", 3)
+    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
+
+    def guess(task: int, side: str) -> dict:
+        return {"task": task, "result": [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise",
+                                          "value": {"selected": side}}], "score": 0.6, "model_version": "v2"}
+
+    client.import_predictions(project, [guess(i, "left") for i in ids])
+    client.import_predictions(project, [guess(i, "right") for i in ids])
+    ls.annotations.create(id=ids[0], result=pairwise("left"))
+    before = {t["id"]: t["predictions"] for t in client.tasks(project, with_predictions=True)}
+
+    assert _remove_duplicates(client, project, "v2") == 2
+    after = {t["id"]: t["predictions"] for t in client.tasks(project, with_predictions=True)}
+    assert [p["id"] for p in after[ids[0]]] == [p["id"] for p in before[ids[0]]]
+    for task in ids[1:]:
+        assert [p["id"] for p in after[task]] == [max(p["id"] for p in before[task])]
+        assert after[task][0]["result"][0]["value"]["selected"] == "right"
+
+
 @pytest.fixture
 def refresh_setup(ls, label_studio, tmp_path, redis_conn):
     """A project of 40 unlabelled tasks, a trained v1, and a worker's environment that reaches Label Studio
@@ -152,8 +175,8 @@ def refresh_setup(ls, label_studio, tmp_path, redis_conn):
 def predictions_per_task(label_studio: str, project: int) -> dict[int, list[str]]:
     client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
     out: dict[int, list[str]] = {}
-    for task in client.tasks(project):
-        out[task["id"]] = [p["model_version"] for p in client.predictions(task["id"])]
+    for task in client.tasks(project, with_predictions=True):
+        out[task["id"]] = [p["model_version"] for p in task["predictions"]]
     return out
 
 

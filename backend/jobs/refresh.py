@@ -176,8 +176,8 @@ def _keep_labelled_tasks_predictions(ls, project: int, old_versions: set[str]) -
     if not old_versions:
         return 0
     kept = 0
-    for task in ls.tasks(project, task_query(LABELLED, holding_versions(old_versions))):
-        for item in ls.predictions(task["id"]):
+    for task in ls.tasks(project, task_query(LABELLED, holding_versions(old_versions)), with_predictions=True):
+        for item in task.get("predictions", []):
             if item.get("model_version") in old_versions:
                 ls.rename_prediction(item["id"], kept_version(item["model_version"]))
                 kept += 1
@@ -189,8 +189,8 @@ def _remove_duplicates(ls, project: int, version: str) -> int:
     this job wrote it, or an import was retried after its answer was lost) keeps its newest one. A labelled
     task keeps both: either may be the one its annotation started from."""
     removed = 0
-    for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS, UNLABELLED)):
-        ours = sorted((p for p in ls.predictions(task["id"]) if p.get("model_version") == version),
+    for task in ls.tasks(project, task_query(SEVERAL_PREDICTIONS, UNLABELLED), with_predictions=True):
+        ours = sorted((p for p in task.get("predictions", []) if p.get("model_version") == version),
                       key=lambda p: p["id"])
         for duplicate in ours[:-1]:
             ls.delete_prediction(duplicate["id"])
