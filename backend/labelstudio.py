@@ -326,9 +326,6 @@ class LabelStudioClient:
                              json_body={"model_version": version})
         return int((body or {}).get("deleted_predictions", 0))
 
-    def predictions(self, task_id: int) -> list[dict]:
-        return self._request("GET", "api/predictions/", params={"task": task_id}) or []
-
     def delete_prediction(self, prediction_id: int) -> None:
         self._request("DELETE", f"api/predictions/{prediction_id}")
 

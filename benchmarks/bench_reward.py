@@ -87,7 +87,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          train_layers=args.train_layers if mode == "full" else None,
                          members=args.full_members if mode == "full" else 1, calibrate=args.calibrate,
                          folds=args.fast_folds if mode == "fast" else 1,
-                         patience=args.fast_patience if mode == "fast" else TrainConfig.patience)
+                         patience=args.fast_patience)  # fast mode's early stop; full mode has none
     if mode == "full" and args.average_epochs:
         config = dataclasses.replace(config, average_epochs=args.average_epochs)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))

@@ -172,12 +172,13 @@ def refresh_setup(ls, label_studio, tmp_path, redis_conn):
     proxy.close()
 
 
-def predictions_per_task(label_studio: str, project: int) -> dict[int, list[str]]:
+def task_predictions(label_studio: str, project: int) -> dict[int, list[dict]]:
     client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
-    out: dict[int, list[str]] = {}
-    for task in client.tasks(project, with_predictions=True):
-        out[task["id"]] = [p["model_version"] for p in task["predictions"]]
-    return out
+    return {task["id"]: task["predictions"] for task in client.tasks(project, with_predictions=True)}
+
+
+def predictions_per_task(label_studio: str, project: int) -> dict[int, list[str]]:
+    return {task: [p["model_version"] for p in ps] for task, ps in task_predictions(label_studio, project).items()}
 
 
 def test_a_refresh_killed_half_way_resumes_where_it_stopped(refresh_setup, label_studio, redis_conn, tmp_path):
@@ -301,13 +302,8 @@ def run_refresh(redis_conn, env: dict, project: int, log) -> dict:
 
 
 def scores_in_label_studio(label_studio: str, project: int, version: str) -> dict[int, float]:
-    return {task: p["score"] for task, ps in predictions_with_scores(label_studio, project).items()
+    return {task: p["score"] for task, ps in task_predictions(label_studio, project).items()
             for p in ps if p["model_version"] == version}
-
-
-def predictions_with_scores(label_studio: str, project: int) -> dict[int, list[dict]]:
-    client = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config"))
-    return {task["id"]: client.predictions(task["id"]) for task in client.tasks(project)}
 
 
 def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup, ls, label_studio, redis_conn,
@@ -332,7 +328,7 @@ def test_a_new_versions_refresh_reads_only_the_tasks_that_changed(refresh_setup,
     assert first["status"] == "done" and first["tasks_read"] == 40 and first["written"] == 40
 
     # An annotator starts from the v1 guess on the first task: the annotation links to it.
-    shown = LabelStudioClient(Connection(label_studio, LS_TOKEN, "config")).predictions(ids[0])
+    shown = task_predictions(label_studio, project)[ids[0]]
     assert [p["model_version"] for p in shown] == [first["version"]]
     annotation = ls.annotations.create(id=ids[0], result=pairwise("left"), parent_prediction=shown[0]["id"])
     ls.tasks.update(id=ids[1], data={"prompt": "Question 1: what is 1 plus 1?", "answer1": "Two.",
