@@ -5,9 +5,11 @@ runs); each member's kept weights are recorded as it finishes, so the weight ave
 is scored for every m = 1..M from the same M runs (m = 1 is the default full mode; the saved model of an
 m-member training is the m-prefix average, as members are seeded seed, seed+1, ...). Also scored: each
 member alone, and the ensemble of the first m members' predictions (their margins averaged: what weight
-averaging approximates with one model's cost at serving). Split and scoring as in bench_reward.py.
+averaging approximates with one model's cost at serving). With --by-part, also the M-member average of one
+part of the network with member 1's weights everywhere else, and member 1 with its embeddings put back at
+the start: which part's averaging carries the gain. Split and scoring as in bench_reward.py.
 
-    python benchmarks/bench_members.py --data hh.jsonl --seeds 1 --members 5 --threads 1 --json-out s1.json
+    python benchmarks/bench_members.py --data hh.jsonl --seeds 1 --members 5 --threads 1 --json-out s1.json [--by-part]
     python benchmarks/bench_members.py --results s1.json s2.json --trl trl.json --plot members.png
 
 --results prints the table from earlier --json-out files (one or several seeds each) without training;
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -37,11 +40,13 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
     from model.reward.train import train_reward_model
     from model.reward.model import load_classifier, quiet_transformers
 
-    kept = []
+    kept, start = [], {}
     fine_tune = full._fine_tune
 
-    def recording(*a, **k):  # instrumentation only: the training itself runs unchanged
-        run = fine_tune(*a, **k)
+    def recording(model, *a, **k):  # instrumentation only: the training itself runs unchanged
+        if not start:
+            start.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        run = fine_tune(model, *a, **k)
         kept.append({n: w.clone() for n, w in run["weights"].items()})
         return run
 
@@ -72,6 +77,8 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
     members = [scored(w) for w in kept]
     prefix = [members[0]] + [scored({n: torch.stack([w[n] for w in kept[:m]]).mean(0) for n in kept[0]})
                              for m in range(2, len(kept) + 1)]
+    parts = {name: scored(w) for name, w in part_averages(kept, start, load_classifier(str(out)).config).items()} \
+        if args.by_part else {}
     shutil.rmtree(out, ignore_errors=True)
     ensemble = [[sum(col) / m for col in zip(*members[:m])] for m in range(1, len(members) + 1)]
 
@@ -79,7 +86,38 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
         return [{**test_accuracy(x), "margins": x} for x in margins]
 
     return {"seed": seed, "seconds": metrics["train_seconds"], "best_epoch": metrics["best_epoch"],
-            "member": scores(members), "averaged": scores(prefix), "ensemble": scores(ensemble)}
+            "member": scores(members), "averaged": scores(prefix), "ensemble": scores(ensemble),
+            **({"by_part": dict(zip(parts, scores(parts.values())))} if parts else {})}
+
+
+def part_averages(kept: list[dict], start: dict, config) -> dict[str, dict]:
+    """Member 1's weights with one part replaced: by the members' average, or (embeddings) by the start."""
+    import torch
+
+    from model.reward.pooling import MARKER
+
+    layers = config.num_hidden_layers - bool(getattr(config, MARKER, False))  # the pooling layer is not one
+
+    def part(name: str) -> str:
+        if "embeddings" in name:
+            return "embeddings"
+        index = re.search(r"\.layer\.(\d+)\.", name)
+        if index and int(index[1]) < layers:
+            return "lower layers" if int(index[1]) < layers // 2 else "upper layers"
+        return "pooling and head"
+
+    average = {n: torch.stack([w[n] for w in kept]).mean(0) for n in kept[0]}
+    first = kept[0]
+
+    def averaged(*chosen):
+        return {n: average[n] if part(n) in chosen else first[n] for n in first}
+
+    return {"embeddings averaged": averaged("embeddings"),
+            "lower layers averaged": averaged("lower layers"),
+            "upper layers averaged": averaged("upper layers"),
+            "pooling and head averaged": averaged("pooling and head"),
+            "all but the embeddings averaged": averaged("lower layers", "upper layers", "pooling and head"),
+            "member 1, embeddings at the start": {n: start[n] if part(n) == "embeddings" else first[n] for n in first}}
 
 
 def report(runs: list[dict], trl: list[dict] | None, plot: Path | None) -> None:
@@ -115,6 +153,13 @@ def report(runs: list[dict], trl: list[dict] | None, plot: Path | None) -> None:
     print(f"\nmembers alone: {np.mean(singles):.1%} mean, {min(singles):.1%} to {max(singles):.1%} "
           f"({len(singles)} runs); training time {np.mean([r['seconds'] for r in runs]):.0f} s per seed "
           f"for {n} members")
+    if all("by_part" in r for r in runs):
+        print(f"\none part of the network averaged over the {n} members, member 1's weights elsewhere\n")
+        print(f"| weights | accuracy | vs member 1 | vs all {n} averaged |\n|---|---|---|---|")
+        for part in runs[0]["by_part"]:
+            got = [r["by_part"][part]["correct"] for r in runs]
+            print(f"| {part} | {np.mean([np.mean(c) for c in got]):.1%} | {gap(paired_gap(got, correct('averaged', 1)))} "
+                  f"| {gap(paired_gap(got, correct('averaged', n)))} |")
     if plot:
         import matplotlib
 
@@ -150,6 +195,9 @@ def main() -> int:
     parser.add_argument("--trl", type=Path, nargs="+",
                         help="bench_reward.py --json-out file(s) with TRL runs of these seeds")
     parser.add_argument("--plot", type=Path, help="write accuracy against members as a PNG here")
+    parser.add_argument("--by-part", action="store_true",
+                        help="also score the M-member average of each part alone (embeddings, lower or upper "
+                             "half of the layers, pooling and head) and member 1 with the start's embeddings")
     args = parser.parse_args()
     trl = [r for f in args.trl for r in json.loads(f.read_text()).get("trl", [])] if args.trl else None
     if args.results:

@@ -106,11 +106,16 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     common = ["--data", str(data), "--train", "30", "--test", "10", "--base-model", encoder,
               "--max-length", "128", "--threads", "1", "--seeds", "1"]
     members_json, trl_json, plot = tmp_path / "members.json", tmp_path / "trl.json", tmp_path / "members.png"
-    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", *common, "--members", "3",
+    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", *common, "--members", "3", "--by-part",
                            "--json-out", str(members_json)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = json.loads(members_json.read_text())
     assert len(run["member"]) == len(run["averaged"]) == len(run["ensemble"]) == 3
+    # every part variant mixes member 1 with something else: it scores like neither member 1 nor the average
+    assert len(run["by_part"]) == 6
+    for part, scored in run["by_part"].items():
+        assert scored["margins"] != pytest.approx(run["member"][0]["margins"], rel=1e-4, abs=1e-7), part
+        assert scored["margins"] != pytest.approx(run["averaged"][2]["margins"], rel=1e-4, abs=1e-7), part
 
     pairs = read_pairs(data)
     out = tmp_path / "two"
@@ -129,7 +134,7 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
                            "--trl", str(trl_json), "--plot", str(plot)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| 3 |" in done.stdout and plot.stat().st_size > 0
+    assert "| 3 |" in done.stdout and "| embeddings averaged |" in done.stdout and plot.stat().st_size > 0
 
 
 @pytest.mark.slow
