@@ -55,7 +55,8 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
     try:
         # uncalibrated: the members' weights are scored as they trained (a temperature ranks nothing anew)
         config = TrainConfig(mode="full", base_model=args.base_model, max_length=args.max_length,
-                             threads=args.threads, seed=seed, members=args.members, calibrate=False)
+                             threads=args.threads, seed=seed, members=args.members, epochs=args.epochs,
+                             calibrate=False)
         last = [0.0]
 
         def progress(fraction, message):
@@ -158,8 +159,8 @@ def report(runs: list[dict], trl: list[dict] | None, plot: Path | None) -> None:
         print(f"| weights | accuracy | vs member 1 | vs all {n} averaged |\n|---|---|---|---|")
         for part in runs[0]["by_part"]:
             got = [r["by_part"][part]["correct"] for r in runs]
-            print(f"| {part} | {np.mean([np.mean(c) for c in got]):.1%} | {gap(paired_gap(got, correct('averaged', 1)))} "
-                  f"| {gap(paired_gap(got, correct('averaged', n)))} |")
+            vs_one, vs_all = (gap(paired_gap(got, correct("averaged", m))) for m in (1, n))
+            print(f"| {part} | {np.mean([np.mean(c) for c in got]):.1%} | {vs_one} | {vs_all} |")
     if plot:
         import matplotlib
 
@@ -188,6 +189,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_split_arguments(parser)
     parser.add_argument("--members", type=int, default=5, help="members per seed (default 5)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per member (default: full mode's, 2)")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[1],
                         help="comma-separated seeds, one training each (default 1)")
     parser.add_argument("--json-out", type=Path, help="write the per-seed results here")

@@ -106,8 +106,9 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     common = ["--data", str(data), "--train", "30", "--test", "10", "--base-model", encoder,
               "--max-length", "128", "--threads", "1", "--seeds", "1"]
     members_json, trl_json, plot = tmp_path / "members.json", tmp_path / "trl.json", tmp_path / "members.png"
-    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", *common, "--members", "3", "--by-part",
-                           "--json-out", str(members_json)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "benchmarks/bench_members.py", *common, "--members", "3", "--epochs", "1",
+                           "--by-part", "--json-out", str(members_json)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = json.loads(members_json.read_text())
     assert len(run["member"]) == len(run["averaged"]) == len(run["ensemble"]) == 3
@@ -121,7 +122,7 @@ def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_m
     out = tmp_path / "two"
     out.mkdir()
     train_reward_model(pairs[:30], TrainConfig(mode="full", base_model=encoder, max_length=128, threads=1, seed=1,
-                                               members=2, calibrate=False), out)
+                                               members=2, epochs=1, calibrate=False), out)
     saved = saved_margins(out, pairs[-10:])
     # a real two-member training saves exactly the average the benchmark scored for its first two members
     assert saved == pytest.approx(run["averaged"][1]["margins"], rel=1e-4, abs=1e-7)
