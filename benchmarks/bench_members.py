@@ -78,8 +78,12 @@ def run_seed(train, test, args, seed: int, work: Path) -> dict:
     members = [scored(w) for w in kept]
     prefix = [members[0]] + [scored({n: torch.stack([w[n] for w in kept[:m]]).mean(0) for n in kept[0]})
                              for m in range(2, len(kept) + 1)]
-    parts = {name: scored(w) for name, w in part_averages(kept, start, load_classifier(str(out)).config).items()} \
-        if args.by_part else {}
+    if args.by_part:
+        from transformers import AutoConfig
+
+        parts = {name: scored(w) for name, w in part_averages(kept, start, AutoConfig.from_pretrained(out)).items()}
+    else:
+        parts = {}
     shutil.rmtree(out, ignore_errors=True)
     ensemble = [[sum(col) / m for col in zip(*members[:m])] for m in range(1, len(members) + 1)]
 
