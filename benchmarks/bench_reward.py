@@ -84,6 +84,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          pooling=pooling, seed=seed,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
+                         prompt_tokens=args.full_prompt_tokens if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
                          members=args.full_members if mode == "full" else 1, calibrate=args.calibrate,
                          folds=args.fast_folds if mode == "fast" else 1,
@@ -201,6 +202,7 @@ def section_full(train, test, args, work, results):
         scored = score_saved(full["folder"], test)
         shutil.rmtree(full["folder"], ignore_errors=True)
         return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
+                "prompt_tokens": m["prompt_tokens"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
                 "members": m["members"], "bf16": m["bf16"],
                 "average_epochs": m["average_epochs"], "val_accuracy": m["val_accuracy"],
@@ -250,17 +252,13 @@ def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
     return pairs[:args.train], pairs[-args.test:]
 
 
-def cut_prompts(pairs: list, args) -> list:
+def cut_pair_prompts(pairs: list, args) -> list:
     """The pairs with each prompt cut to its last --prompt-tokens tokens (at a token boundary)."""
-    from model.reward.model import load_tokenizer, resolve_base_model
+    from model.reward.model import cut_prompts, load_tokenizer, resolve_base_model
 
     tok = load_tokenizer(resolve_base_model(args.base_model))
-
-    def cut(prompt: str) -> str:
-        offsets = tok(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-        return prompt if len(offsets) <= args.prompt_tokens else prompt[offsets[-args.prompt_tokens][0]:]
-
-    return [dataclasses.replace(p, prompt=cut(p.prompt)) for p in pairs]
+    prompts = cut_prompts(tok, [p.prompt for p in pairs], args.prompt_tokens)
+    return [dataclasses.replace(p, prompt=prompt) for p, prompt in zip(pairs, prompts)]
 
 
 def main() -> int:
@@ -270,6 +268,9 @@ def main() -> int:
     add_split_arguments(parser)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
+    parser.add_argument("--full-prompt-tokens", type=int, default=None,
+                        help="full mode: read only each prompt's last N tokens, in training and when the saved "
+                             "model scores (0: the whole prompt; default: TrainConfig's)")
     parser.add_argument("--full-members", type=int, default=1,
                         help="full mode: fine-tunes from one start whose weights are averaged (default 1)")
     parser.add_argument("--fast-folds", type=int, default=TrainConfig.folds,
@@ -307,7 +308,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     train, test = read_split(parser, args)
     if args.prompt_tokens:
-        train, test = cut_prompts(train, args), cut_prompts(test, args)
+        train, test = cut_pair_prompts(train, args), cut_pair_prompts(test, args)
     which = [name.strip() for name in args.only.split(",")]
     unknown = set(which) - set(SECTIONS)
     if unknown:
@@ -353,8 +354,9 @@ def main() -> int:
                       f"ECE {t['ece']:.3f}; trained on {t['kept']}/{len(train)} pairs (max_length drops the rest)"))
     for f in results.get("full", []):
         members = f" x {f['members']} averaged" if f.get("members", 1) > 1 else ""
+        prompt = f", prompt's last {f['prompt_tokens']} tokens" if f.get("prompt_tokens") else ""
         print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
-                      f"{f['pooling']} pooling), seed {f['seed']}", f, f"{f['seconds']:.0f}",
+                      f"{f['pooling']} pooling{prompt}), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     for key in ("fast", "fast-cls", "trl", "full"):
         runs = results.get(key, {"seeds": []})["seeds"] if key.startswith("fast") else results.get(key, [])

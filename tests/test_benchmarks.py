@@ -75,7 +75,7 @@ def test_prompt_tokens_keeps_each_prompts_last_tokens_and_leaves_the_answers(tmp
     import argparse
 
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_reward import cut_prompts
+    from benchmarks.bench_reward import cut_pair_prompts
 
     from model.pairs import PreferencePair
     from model.reward.model import load_tokenizer
@@ -83,7 +83,7 @@ def test_prompt_tokens_keeps_each_prompts_last_tokens_and_leaves_the_answers(tmp
     encoder = tiny_encoder(tmp_path / "enc")
     pairs = [PreferencePair("the sea wind sky poem capital France Paris", "Gladly.", "No."),
              PreferencePair("tea", "Yes.", "No.")]
-    cut = cut_prompts(pairs, argparse.Namespace(base_model=str(encoder), prompt_tokens=3))
+    cut = cut_pair_prompts(pairs, argparse.Namespace(base_model=str(encoder), prompt_tokens=3))
     tok = load_tokenizer(str(encoder))
     whole = tok(pairs[0].prompt, add_special_tokens=False)["input_ids"]
     assert len(whole) > 3 and tok(cut[0].prompt, add_special_tokens=False)["input_ids"] == whole[-3:]

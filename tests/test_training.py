@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from model.pairs import PreferencePair
 from model.reward.config import TrainConfig
-from model.reward.model import RewardModel
+from model.reward.model import RewardModel, cut_prompts, encode_pairs
 from model.reward.features import FeatureCache
 from model.reward.splits import prompt_folds, split_pairs
 from model.reward.train import train_reward_model
@@ -274,12 +274,25 @@ def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
     assert torch.equal(layer.weight, torch.full((1, 2), 2.0))
 
 
-def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path):
-    """The held-out figures are those of the saved model, even though they are not measured again."""
+@pytest.mark.parametrize("prompt_tokens", [0, 3])
+def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path, monkeypatch,
+                                                                    prompt_tokens):
+    """The held-out figures are those of the saved model, even though they are not measured again; with
+    `prompt_tokens` set, training and the saved model read the same cut prompts."""
+    import model.reward.full as full
     from model.reward.objective import margin_loss as _margin_loss
 
-    cfg = config(encoder, "full", epochs=3)
+    read = []
+
+    def encode_and_record(tokenizer, prompts, answers, max_length, cut=0):
+        read.extend(len(ids) for ids in tokenizer(cut_prompts(tokenizer, prompts, cut),
+                                                  add_special_tokens=False)["input_ids"])
+        return encode_pairs(tokenizer, prompts, answers, max_length, cut)
+
+    monkeypatch.setattr(full, "encode_pairs", encode_and_record)
+    cfg = config(encoder, "full", epochs=3, prompt_tokens=prompt_tokens)
     metrics = train_reward_model(pairs[:120], cfg, tmp_path)
+    assert max(read) <= prompt_tokens + 1 if prompt_tokens else max(read) > 4  # +1: a cut inside a word
     epochs = [h["epoch"] for h in metrics["history"]]
     assert epochs == [1, 2, 3]  # once an epoch
     assert metrics["best_epoch"] in epochs

@@ -4,7 +4,7 @@
 Inputs are built by `encode_pairs` in both training and inference, so the saved folder scores exactly
 as it was trained: prompt and answer as a tokenizer text pair, the answer kept (cut at the end only if
 it alone would not fit) and the prompt cut from the LEFT, so a long multi-turn transcript keeps its
-latest turns.
+latest turns (at most `prompt_tokens` of them when that is set).
 """
 
 from __future__ import annotations
@@ -91,8 +91,19 @@ def _truncate_answers(tokenizer, prompts: list[str], answers: list[str], max_len
     return out
 
 
-def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int):
-    """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens."""
+def cut_prompts(tokenizer, prompts: list[str], prompt_tokens: int) -> list[str]:
+    """Each prompt cut to its last `prompt_tokens` tokens, at a token boundary (0: unchanged)."""
+    if not prompt_tokens:
+        return prompts
+    enc = tokenizer(prompts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [prompt if len(offsets) <= prompt_tokens else prompt[offsets[-prompt_tokens][0]:]
+            for prompt, offsets in zip(prompts, enc["offset_mapping"])]
+
+
+def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int, prompt_tokens: int = 0):
+    """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens, each prompt
+    cut to its last `prompt_tokens` tokens first when that is set."""
+    prompts = cut_prompts(tokenizer, prompts, prompt_tokens)
     answers = _truncate_answers(tokenizer, prompts, answers, max_length)
     try:
         return tokenizer(prompts, answers, truncation="only_first", max_length=max_length,
@@ -122,10 +133,11 @@ class RewardModel:
     the only shared mutable object, the fast tokenizer's truncation state, is guarded by a lock."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, zero_shot: bool = False,
-                 batch_size: int = 32):
+                 batch_size: int = 32, prompt_tokens: int = 0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.prompt_tokens = prompt_tokens
         self.zero_shot_mode = zero_shot
         self.batch_size = batch_size
         self._tokenizer_lock = threading.Lock()
@@ -134,11 +146,10 @@ class RewardModel:
     def load(cls, path) -> "RewardModel":
         """A version folder written by training, or any AutoModelForSequenceClassification folder."""
         path = str(path)
-        max_length = 256
         config_file = Path(path) / REWARD_CONFIG
-        if config_file.is_file():
-            max_length = int(json.loads(config_file.read_text()).get("max_length", max_length))
-        return cls(load_classifier(path), load_tokenizer(path), max_length)
+        saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        return cls(load_classifier(path), load_tokenizer(path), int(saved.get("max_length", 256)),
+                   prompt_tokens=int(saved.get("prompt_tokens") or 0))  # versions saved before it: 0
 
     @classmethod
     def zero_shot(cls, base_model: str = MINILM, max_length: int = 256) -> "RewardModel":
@@ -154,7 +165,7 @@ class RewardModel:
 
     def _encode(self, prompts, answers):
         with self._tokenizer_lock:
-            enc = encode_pairs(self.tokenizer, prompts, answers, self.max_length)
+            enc = encode_pairs(self.tokenizer, prompts, answers, self.max_length, self.prompt_tokens)
         return enc.to(self.model.device)  # a model in training may be on a GPU
 
     def _embed(self, texts: list[str]):
@@ -196,7 +207,7 @@ class RewardModel:
 def trl_reward_function(path, device: str | None = None):
     """A reward function for TRL's online trainers (GRPOTrainer, RLOOTrainer: `reward_funcs=[...]`) that
     scores each completion as the model in `path` was trained to: (prompt, answer) as a text pair, the
-    prompt cut from the left to the saved max_length; text or conversational data alike.
+    prompt cut from the left to the saved max_length and prompt_tokens; text or conversational data alike.
 
     Handing TRL the folder itself also loads, but TRL then scores `prompt + completion` as one
     untruncated text without special tokens: not what the model learned, and an error past BERT's 512

@@ -7,8 +7,9 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   pooling="mean" (the default) that first token is the mean of the tokens (model/reward/pooling.py).
   With `folds` > 1 (3 by default), that many heads are cross-fitted on folds of the prompts and averaged.
 * full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
-  bf16 autocast where bf16 is native; what is saved is a moving average of the weights, averaged again
-  over `members` runs from one start when asked.
+  bf16 autocast where bf16 is native, on each prompt's last `prompt_tokens` tokens (the saved model reads
+  them the same way); what is saved is a moving average of the weights, averaged again over `members`
+  runs from one start when asked.
 The loss is the mean over pairs weighted by each pair's `weight` (model/reward/objective.py). The best point
 by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full: per epoch, of two
 by default), then the rewards are divided by a temperature fitted on the held-out pairs (`calibrate`). The
@@ -89,7 +90,8 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / REWARD_CONFIG).write_text(json.dumps(
-        {"max_length": config.max_length, "base_model": config.base_model, "mode": config.mode}, indent=2))
+        {"max_length": config.max_length, "prompt_tokens": config.prompt_tokens, "base_model": config.base_model,
+         "mode": config.mode}, indent=2))
     scored = margin_metrics(margins, seed=config.seed)
     has_val = bool(held_out)
     metrics = {
@@ -103,6 +105,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
         "ece": scored["ece"] if has_val else None,
         "base_model": config.base_model, "mode": config.mode, "max_length": config.max_length,
+        "prompt_tokens": config.prompt_tokens,
         "epochs": config.epochs, "learning_rate": config.learning_rate,
         "train_seconds": round(train_seconds, 2), **extra, "history": history,
     }
