@@ -252,15 +252,6 @@ def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
     return pairs[:args.train], pairs[-args.test:]
 
 
-def cut_pair_prompts(pairs: list, args) -> list:
-    """The pairs with each prompt cut to its last --prompt-tokens tokens (at a token boundary)."""
-    from model.reward.model import cut_prompts, load_tokenizer, resolve_base_model
-
-    tok = load_tokenizer(resolve_base_model(args.base_model))
-    prompts = cut_prompts(tok, [p.prompt for p in pairs], args.prompt_tokens)
-    return [dataclasses.replace(p, prompt=prompt) for p, prompt in zip(pairs, prompts)]
-
-
 def main() -> int:
     from model.reward.config import TrainConfig
 
@@ -308,7 +299,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     train, test = read_split(parser, args)
     if args.prompt_tokens:
-        train, test = cut_pair_prompts(train, args), cut_pair_prompts(test, args)
+        from model.reward.model import cut_pair_prompts, load_tokenizer, resolve_base_model
+
+        tok = load_tokenizer(resolve_base_model(args.base_model))  # each prompt's last --prompt-tokens tokens
+        train, test = cut_pair_prompts(tok, train, args.prompt_tokens), cut_pair_prompts(tok, test, args.prompt_tokens)
     which = [name.strip() for name in args.only.split(",")]
     unknown = set(which) - set(SECTIONS)
     if unknown:

@@ -71,26 +71,6 @@ def test_the_second_held_out_slice_is_the_first_lines_and_trains_on_the_rest(tmp
     assert not set(second[0]) & set(second[1]) and (len(second[0]), len(second[1])) == (25, 10)
 
 
-def test_prompt_tokens_keeps_each_prompts_last_tokens_and_leaves_the_answers(tmp_path):
-    import argparse
-
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_reward import cut_pair_prompts
-
-    from model.pairs import PreferencePair
-    from model.reward.model import load_tokenizer
-
-    encoder = tiny_encoder(tmp_path / "enc")
-    pairs = [PreferencePair("the sea wind sky poem capital France Paris", "Gladly.", "No."),
-             PreferencePair("tea", "Yes.", "No.")]
-    cut = cut_pair_prompts(pairs, argparse.Namespace(base_model=str(encoder), prompt_tokens=3))
-    tok = load_tokenizer(str(encoder))
-    whole = tok(pairs[0].prompt, add_special_tokens=False)["input_ids"]
-    assert len(whole) > 3 and tok(cut[0].prompt, add_special_tokens=False)["input_ids"] == whole[-3:]
-    assert pairs[0].prompt.endswith(cut[0].prompt) and cut[1] == pairs[1]  # a short prompt stays whole
-    assert [(p.chosen, p.rejected) for p in cut] == [(p.chosen, p.rejected) for p in pairs]
-
-
 @pytest.mark.slow
 def test_bench_members_scores_each_prefix_average_as_a_training_with_that_many_members_saves_it(tmp_path):
     sys.path.insert(0, str(ROOT))

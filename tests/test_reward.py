@@ -5,10 +5,11 @@ import importlib.util
 import threading
 
 import pytest
-from tiny_models import tiny_encoder
+from tiny_models import build_tokenizer, tiny_encoder
 
 from model.reward.config import TrainConfig
-from model.reward.model import RewardModel, cut_prompts, encode_pairs, load_tokenizer, resolve_base_model
+from model.reward.model import (RewardModel, cut_pair_prompts, cut_prompts, encode_pairs, load_tokenizer,
+                                resolve_base_model)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,19 @@ def test_prompt_tokens_keep_only_each_prompts_end(model):
     assert a == pytest.approx(b, abs=1e-6)
     a, b = model.rewards([prompt, other], ["an answer"] * 2)
     assert a != pytest.approx(b, abs=1e-6)
+
+
+def test_pair_prompts_keep_their_last_tokens_and_the_answers_stay():
+    from model.pairs import PreferencePair
+
+    tok = build_tokenizer()
+    pairs = [PreferencePair("the sea wind sky poem capital France Paris", "Gladly.", "No."),
+             PreferencePair("tea", "Yes.", "No.")]
+    cut = cut_pair_prompts(tok, pairs, 3)
+    whole = tok(pairs[0].prompt, add_special_tokens=False)["input_ids"]
+    assert len(whole) > 3 and tok(cut[0].prompt, add_special_tokens=False)["input_ids"] == whole[-3:]
+    assert pairs[0].prompt.endswith(cut[0].prompt) and cut[1] == pairs[1]  # a short prompt stays whole
+    assert [(p.chosen, p.rejected) for p in cut] == [(p.chosen, p.rejected) for p in pairs]
 
 
 def test_concurrent_calls_agree(model):

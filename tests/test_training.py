@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from model.pairs import PreferencePair
 from model.reward.config import TrainConfig
-from model.reward.model import RewardModel, cut_prompts, encode_pairs
+from model.reward.model import RewardModel, cut_pair_prompts, encode_pairs
 from model.reward.features import FeatureCache
 from model.reward.splits import prompt_folds, split_pairs
 from model.reward.train import train_reward_model
@@ -284,10 +284,9 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
 
     read = []
 
-    def encode_and_record(tokenizer, prompts, answers, max_length, cut=0):
-        read.extend(len(ids) for ids in tokenizer(cut_prompts(tokenizer, prompts, cut),
-                                                  add_special_tokens=False)["input_ids"])
-        return encode_pairs(tokenizer, prompts, answers, max_length, cut)
+    def encode_and_record(tokenizer, prompts, answers, max_length):
+        read.extend(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        return encode_pairs(tokenizer, prompts, answers, max_length)
 
     monkeypatch.setattr(full, "encode_pairs", encode_and_record)
     cfg = config(encoder, "full", epochs=3, prompt_tokens=prompt_tokens)
@@ -297,8 +296,11 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
     assert epochs == [1, 2, 3]  # once an epoch
     assert metrics["best_epoch"] in epochs
     assert metrics["val_loss"] == pytest.approx(min(h["val_loss"] for h in metrics["history"]), abs=1e-6)
-    _, val = split_pairs(pairs[:120], cfg)
     rm = RewardModel.load(tmp_path)
+    # Training split the cut pairs; the saved model is handed the same pairs as given, and cuts them itself.
+    cut = cut_pair_prompts(rm.tokenizer, pairs[:120], prompt_tokens)
+    as_given = {id(c): p for c, p in zip(cut, pairs[:120])}
+    val = [as_given[id(p)] for p in split_pairs(cut, cfg)[1]]
     margins = [c - r for c, r in zip(rm.rewards([p.prompt for p in val], [p.chosen for p in val]),
                                      rm.rewards([p.prompt for p in val], [p.rejected for p in val]))]
     assert _margin_loss(margins, cfg) == pytest.approx(metrics["val_loss"], abs=1e-4)  # the saved model is that point

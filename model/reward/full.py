@@ -84,8 +84,7 @@ def train_full(model, tokenizer, train, val, config, progress, out):
     the minimum of that same loss, which biases such a comparison toward the members. On hh-rlhf the
     lowest-loss member always won it, yet the average scored higher on the test pairs on every seed
     measured (BENCHMARKS.md)."""
-    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size,
-                         prompt_tokens=config.prompt_tokens)
+    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
     members = config.members
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     share = 0.95 / members  # of the progress bar, per member
@@ -151,8 +150,7 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
         total, seen = 0.0, 0
         for chunk in _length_batches(train, batch, rng):
             enc = encode_pairs(tokenizer, [p.prompt for p in chunk] * 2,
-                               [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length,
-                               config.prompt_tokens)
+                               [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length)
             # Without dropout, chosen and rejected are scored by the same network, as they are when served.
             model.train(config.dropout)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -100,6 +100,14 @@ def cut_prompts(tokenizer, prompts: list[str], prompt_tokens: int) -> list[str]:
             for prompt, offsets in zip(prompts, enc["offset_mapping"])]
 
 
+def cut_pair_prompts(tokenizer, pairs: list, prompt_tokens: int) -> list:
+    """The preference pairs with each prompt cut as `cut_prompts` does."""
+    import dataclasses
+
+    prompts = cut_prompts(tokenizer, [p.prompt for p in pairs], prompt_tokens)
+    return [dataclasses.replace(p, prompt=prompt) for p, prompt in zip(pairs, prompts)]
+
+
 def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int, prompt_tokens: int = 0):
     """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens, each prompt
     cut to its last `prompt_tokens` tokens first when that is set."""

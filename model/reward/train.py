@@ -30,7 +30,7 @@ from model.reward.calibration import fit_temperature, scale_rewards
 from model.reward.config import TrainConfig
 from model.reward.fast import train_fast
 from model.reward.full import train_full
-from model.reward.model import REWARD_CONFIG, load_reward_base, resolve_base_model
+from model.reward.model import REWARD_CONFIG, cut_pair_prompts, load_reward_base, resolve_base_model
 from model.reward.objective import margin_loss, pair_weights
 from model.reward.splits import prompt_folds, split_pairs
 
@@ -63,6 +63,8 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     base_path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)  # the classifier's fresh initialization
     model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
+    # Cut once, before the pairs are split and batched by length; the saved model cuts what it scores alike.
+    pairs = cut_pair_prompts(tokenizer, pairs, config.prompt_tokens) if config.prompt_tokens else pairs
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     # A cross-fitted fast mode (folds > 1): every pair trains all the heads but one and is held out from
     # that one, which scores it, so `margins` are of every pair. Otherwise they are of the held-out split.
