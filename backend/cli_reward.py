@@ -235,8 +235,8 @@ def register(subparsers) -> None:
                         "serves a new version within ~15 s of an annotation at 1,000 pairs). full: fine-tunes the "
                         "encoder for two epochs on the prompts' last 64 tokens, in about 1.2 times the time TRL's "
                         "RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) and on hh-rlhf "
-                        "about 1 point more accurate than fast mode and 0.7 more than TRL: use it for the model you hand to the "
-                        "RL step, and --members N when you can afford N times that")
+                        "about 1 point more accurate than fast mode and 0.7 more than TRL: use it for the model "
+                        "you hand to the RL step, and --members N when you can afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the "
                    "left); default: REWARD_MAX_LENGTH, else 512 (fast) or 256 (full)")

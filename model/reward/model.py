@@ -4,11 +4,12 @@
 Inputs are built by `encode_pairs` in both training and inference, so the saved folder scores exactly
 as it was trained: prompt and answer as a tokenizer text pair, the answer kept (cut at the end only if
 it alone would not fit) and the prompt cut from the LEFT, so a long multi-turn transcript keeps its
-latest turns (at most `prompt_tokens` of them when that is set).
+latest turns (only its last `prompt_tokens` tokens when that is set).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -102,8 +103,6 @@ def cut_prompts(tokenizer, prompts: list[str], prompt_tokens: int) -> list[str]:
 
 def cut_pair_prompts(tokenizer, pairs: list, prompt_tokens: int) -> list:
     """The preference pairs with each prompt cut as `cut_prompts` does."""
-    import dataclasses
-
     prompts = cut_prompts(tokenizer, [p.prompt for p in pairs], prompt_tokens)
     return [dataclasses.replace(p, prompt=prompt) for p, prompt in zip(pairs, prompts)]
 
