@@ -47,7 +47,7 @@ def test_accuracy(margins) -> dict:
     m = margin_metrics(margins)
     correct = [1.0 if x > 0 else 0.0 if x < 0 else 0.5 for x in margins]
     return {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "ece": m["ece"],
-            "correct": correct}
+            "correct": correct, "margins": [round(float(x), 5) for x in margins]}
 
 
 def paired_gap(ours: list[list[float]], theirs: list[list[float]]) -> dict:
@@ -168,7 +168,7 @@ def section_fast(train, test, args, work, results, pooling="mean"):
 
 
 def brief(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "correct"}
+    return {k: v for k, v in result.items() if k not in ("correct", "margins")}
 
 
 def save(results: dict, args) -> None:

@@ -3,7 +3,12 @@ in fp32 and in bf16 autocast, with AdamW's loop (foreach) implementation and its
 mode uses bf16 only where it is native (emulated bf16 is many times slower than fp32) and fused AdamW (the
 loop version's step over MiniLM's 23M weights, most of them the embedding matrix, cost a fifth of a step).
 
+With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, three
+ways: the stock forward in one pass; the mean pooling layer read at the first token only; and that in two
+passes over texts of similar length (full mode's way since 2026-12-05).
+
     python benchmarks/bench_train_step.py [--pairs 8] [--tokens 136] [--steps 3] [--threads 2]
+    python benchmarks/bench_train_step.py --data PAIRS.jsonl [--prompt-tokens 32] [--steps 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ def main() -> int:
                         help="tokens per sequence (136: hh-rlhf's mean at max_length 256)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting, after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, help="time real batches of these preference pairs (JSONL)")
+    parser.add_argument("--prompt-tokens", type=int, help="with --data: each prompt's last N tokens (default: full "
+                        "mode's)")
     args = parser.parse_args()
+    if args.data:
+        return time_real_batches(args)
 
     import torch
 
@@ -65,6 +75,58 @@ def main() -> int:
     for precision, optimizer, passes, update in rows:
         print(f"| {precision} | {optimizer} | {passes:.2f} | {update:.3f} | {passes + update:.2f} | "
               f"{(passes + update) / first:.2f}x |")
+    return 0
+
+
+def time_real_batches(args) -> int:
+    """Seconds per step (forward, backward, fused AdamW) on the same real batches, three ways."""
+    import random
+
+    import torch
+
+    from model.hardware import bf16_pays_off
+    from model.pairs import read_pairs
+    from model.reward.config import TrainConfig
+    from model.reward.full import _length_batches, _rewards
+    from model.reward.model import cut_pair_prompts, encode_pairs, load_reward_base, resolve_base_model
+    from model.reward.pooling import reward_logits
+
+    torch.set_num_threads(args.threads)
+    bf16 = bf16_pays_off(torch.device("cpu"))
+    full = TrainConfig(mode="full", prompt_tokens=args.prompt_tokens)
+    max_length = full.max_length
+    ways = {"stock forward, one pass": lambda model, tok, p, a: model(
+                **encode_pairs(tok, p, a, max_length)).logits[:, 0],
+            "pooling layer at the first token, one pass": lambda model, tok, p, a: reward_logits(
+                model, encode_pairs(tok, p, a, max_length))[:, 0],
+            "pooling layer at the first token, two passes": lambda model, tok, p, a: _rewards(
+                model, tok, p, a, max_length, groups=2)}
+    rows = []
+    for way, rewards in ways.items():
+        torch.manual_seed(0)
+        model, tok, _ = load_reward_base(resolve_base_model(args.base_model), "mean")
+        model.train(False)  # full mode trains without dropout
+        pairs = cut_pair_prompts(tok, read_pairs(args.data), full.prompt_tokens)
+        batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+        seconds = []
+        for chunk in batches:
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                r = rewards(model, tok, [p.prompt for p in chunk] * 2,
+                            [p.chosen for p in chunk] + [p.rejected for p in chunk]).float()
+            loss = -torch.nn.functional.logsigmoid(r[:len(chunk)] - r[len(chunk):]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seconds.append(time.perf_counter() - started)
+        rows.append((way, statistics.mean(seconds[1:])))  # the first step warms up
+    print(f"\n{args.base_model}, {args.steps} real batches of {args.pairs} pairs from {args.data.name}, each prompt's "
+          f"last {full.prompt_tokens} tokens, {args.threads} threads, {'bf16 autocast' if bf16 else 'fp32'}, "
+          f"torch {torch.__version__}\n")
+    print("| forward | seconds a step | relative |\n|---|---|---|")
+    for way, step in rows:
+        print(f"| {way} | {step:.3f} | {step / rows[0][1]:.2f}x |")
     return 0
 
 

@@ -53,6 +53,24 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and 0 <= r["accuracy"] <= 1 for r in results["full"])
     assert results["full_minus_trl"]["seeds"] == [1, 2]
     assert "| full mode (1 epochs x 2 averaged" in done.stdout and "full - TRL =" in done.stdout
+    for r in results["full"] + results["trl"]:  # each test pair's margin is kept, its sign is the correctness
+        signs = [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in r["margins"]]
+        assert len(r["margins"]) == 10 and r["correct"] == signs
+
+
+@pytest.mark.slow
+def test_bench_train_step_times_real_batches_three_ways(tmp_path):
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(40)) + "\n")
+    command = [sys.executable, "benchmarks/bench_train_step.py", "--data", str(data), "--steps", "2",
+               "--base-model", str(tiny_encoder(tmp_path / "enc")), "--threads", "1", "--prompt-tokens", "4"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "seconds" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| stock forward, one pass",
+                                                     "| pooling layer at the first token, one pass",
+                                                     "| pooling layer at the first token, two passes"]
+    assert "last 4 tokens" in done.stdout
 
 
 def test_the_second_held_out_slice_is_the_first_lines_and_trains_on_the_rest(tmp_path):

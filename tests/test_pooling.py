@@ -67,3 +67,49 @@ def test_fine_tuning_keeps_the_attention_uniform_and_the_feed_forward_off(tmp_pa
                    pooling.output.dense):
         assert not linear.weight.any()
     assert model.base_model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0  # the rest trained
+
+
+def _trained_pooling_classifier(tmp_path, seed):
+    """A tiny pooled classifier whose pooling layer moved as fine-tuning moves it (value, output, biases,
+    LayerNorms; the query and the feed-forward too, which exactness must not depend on), key weights still zero."""
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder(tmp_path / "enc", seed=seed), num_labels=1)
+    add_mean_pooling_layer(model)
+    pooling = model.base_model.encoder.layer[-1]
+    with torch.no_grad():
+        for name, param in pooling.named_parameters():
+            if name != "attention.self.key.weight":  # the query's may move: every key is the same
+                param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+def test_reward_logits_read_the_pooling_layer_at_the_first_token_exactly_as_the_stock_forward(tmp_path):
+    from model.reward.pooling import reward_logits
+
+    model = _trained_pooling_classifier(tmp_path, seed=4)
+    enc = build_tokenizer()(TEXTS, padding=True, return_tensors="pt")
+    assert (enc["attention_mask"] == 0).any()
+    layers = len(model.base_model.encoder.layer)
+    fast = reward_logits(model, enc)
+    fast[:, 0].sum().backward()
+    fast_grads = [p.grad.clone() for p in model.base_model.encoder.layer[0].parameters()]
+    model.zero_grad()
+    stock = model(**enc).logits
+    stock[:, 0].sum().backward()
+    torch.testing.assert_close(fast, stock)
+    for fast_grad, param in zip(fast_grads, model.base_model.encoder.layer[0].parameters()):
+        torch.testing.assert_close(fast_grad, param.grad)  # training through it is the same training
+    assert len(model.base_model.encoder.layer) == layers and model.base_model.pooler is not None  # unchanged
+
+
+def test_reward_logits_fall_back_to_the_stock_forward_when_the_attention_is_no_longer_uniform(tmp_path):
+    from model.reward.pooling import first_token_state, reward_logits
+
+    model = _trained_pooling_classifier(tmp_path, seed=5)
+    with torch.no_grad():
+        model.base_model.encoder.layer[-1].attention.self.key.weight.normal_()
+    enc = build_tokenizer()(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reward_logits(model, enc), model(**enc).logits)
+        torch.testing.assert_close(first_token_state(model.base_model, enc),
+                                   model.base_model(**enc).last_hidden_state[:, 0])

@@ -274,6 +274,20 @@ def test_weight_average_is_an_exponential_moving_average_and_swaps_back():
     assert torch.equal(layer.weight, torch.full((1, 2), 2.0))
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_a_steps_rewards_come_from_passes_over_similar_lengths_in_the_order_given(encoder, pairs, groups):
+    from model.reward.full import _rewards
+
+    model = AutoModelForSequenceClassification.from_pretrained(encoder).eval()
+    tokenizer = RewardModel.load(encoder).tokenizer
+    chunk = pairs[:5]
+    prompts, answers = [p.prompt for p in chunk] * 2, [p.chosen for p in chunk] + [p.rejected for p in chunk]
+    assert len({len(a) for a in answers}) > groups  # lengths differ, so the passes reorder the texts
+    with torch.no_grad():
+        one_pass = model(**encode_pairs(tokenizer, prompts, answers, 64)).logits[:, 0]
+        torch.testing.assert_close(_rewards(model, tokenizer, prompts, answers, 64, groups), one_pass)
+
+
 @pytest.mark.parametrize("prompt_tokens", [0, 3])
 def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path, monkeypatch,
                                                                     prompt_tokens):

@@ -76,6 +76,7 @@ class FeatureCache:
         import torch
 
         from model.reward.model import encode_pairs
+        from model.reward.pooling import first_token_state
 
         keys = [self.key(p, a) for p, a in zip(prompts, answers)]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.features}.values(),
@@ -86,7 +87,7 @@ class FeatureCache:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
                 enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [answers[i] for i in idx], max_length)
-                hidden = encoder(**enc.to(model.device)).last_hidden_state[:, 0].float().cpu().clone()
+                hidden = first_token_state(encoder, enc.to(model.device)).float().cpu().clone()
                 for i, h in zip(idx, hidden):
                     self.features[keys[i]] = h
                     new_keys.append(keys[i])

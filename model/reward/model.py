@@ -19,7 +19,7 @@ from pathlib import Path
 
 from model.conversation import answer_text, prompt_text
 from model.reward.config import MINILM
-from model.reward.pooling import add_mean_pooling_layer
+from model.reward.pooling import add_mean_pooling_layer, reward_logits
 
 REWARD_CONFIG = "reward_config.json"  # written beside the weights: how inputs were built
 ZERO_SHOT_SCALE = 5.0  # cosine similarity -> reward; a 0.2 similarity gap gives P = sigmoid(1) = 0.73
@@ -195,7 +195,7 @@ class RewardModel:
                 if self.zero_shot_mode:
                     values = torch.nn.functional.cosine_similarity(self._embed(p), self._embed(a)) * ZERO_SHOT_SCALE
                 else:
-                    values = self.model(**self._encode(p, a)).logits[:, 0]
+                    values = reward_logits(self.model, self._encode(p, a))[:, 0]
                 for i, v in zip(idx, values.float().tolist()):
                     scores[i] = v
         return scores

@@ -14,6 +14,10 @@ The saved folder is a stock BERT with one more layer. Full fine-tuning keeps it 
 query and key start at zero and each one's gradient is proportional to the other, and likewise the
 feed-forward's two matrices (through gelu(0) = 0), so they stay zero (only biases and LayerNorms move);
 the layers below adapt instead.
+
+Only the first token's output of that layer is ever read, so `reward_logits` and `first_token_state` compute
+it on that one row (the mean goes through the value projection once, not every token through every matrix):
+the same numbers as the stock forward, without a seventh of MiniLM's work.
 """
 
 from __future__ import annotations
@@ -57,3 +61,44 @@ def add_mean_pooling_layer(model) -> bool:
     model.config.num_hidden_layers = len(layers)
     setattr(model.config, MARKER, True)
     return True
+
+
+def _reads_the_mean(bert) -> bool:
+    """True when `bert`'s top layer is the pooling layer, its attention still uniform (key weights zero: every
+    token's key is the same bias) and nothing drops out, so its first-token output depends on the mean alone."""
+    if not getattr(bert.config, MARKER, False) or bert.training:
+        return False
+    return not bert.encoder.layer[-1].attention.self.key.weight.any()
+
+
+def _without_pooling_layer(bert):
+    """A view of `bert` without its top layer or pooler: the same parameters, but its own module lists, so
+    `bert` itself never changes (another thread may be scoring with it)."""
+    encoder = copy.copy(bert.encoder)
+    encoder._modules = {**bert.encoder._modules, "layer": torch.nn.ModuleList(list(bert.encoder.layer)[:-1])}
+    trunk = copy.copy(bert)
+    trunk._modules = {**bert._modules, "encoder": encoder, "pooler": None}
+    return trunk
+
+
+def first_token_state(bert, enc) -> torch.Tensor:
+    """`bert(**enc).last_hidden_state[:, 0]`, with the pooling layer computed on the first token only."""
+    if not _reads_the_mean(bert):
+        return bert(**enc).last_hidden_state[:, 0]
+    hidden = _without_pooling_layer(bert)(**enc).last_hidden_state
+    mask = enc.get("attention_mask")
+    mask = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask).unsqueeze(-1)
+    mean = (hidden * mask.to(hidden.dtype)).sum(1) / mask.sum(1).clamp(min=1).to(hidden.dtype)
+    layer = bert.encoder.layer[-1]
+    # Uniform attention over the unpadded tokens gives every query the mean of their values, and the value
+    # projection is linear: value(mean). Then the layer's stock output, residual and feed-forward modules.
+    attended = layer.attention.output(layer.attention.self.value(mean), hidden[:, 0])
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def reward_logits(model, enc) -> torch.Tensor:
+    """`model(**enc).logits` of a BERT sequence classifier, reading the pooling layer at the first token only."""
+    bert = model.base_model
+    if not _reads_the_mean(bert) or getattr(bert, "pooler", None) is None:
+        return model(**enc).logits
+    return model.classifier(model.dropout(bert.pooler(first_token_state(bert, enc).unsqueeze(1))))
