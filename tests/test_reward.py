@@ -103,7 +103,7 @@ def test_mismatched_lengths_raise(model):
 def test_train_config_defaults_depend_on_mode():
     assert TrainConfig().epochs != TrainConfig(mode="full").epochs
     assert TrainConfig(epochs=7).epochs == 7 and TrainConfig(mode="full", epochs=None).epochs == 2
-    assert (TrainConfig().prompt_tokens, TrainConfig(mode="full").prompt_tokens) == (0, 64)
+    assert (TrainConfig().prompt_tokens, TrainConfig(mode="full").prompt_tokens) == (0, 32)
     assert TrainConfig(mode="full", prompt_tokens=0).prompt_tokens == 0
 
 
