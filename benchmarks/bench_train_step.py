@@ -88,13 +88,17 @@ def time_real_batches(args) -> int:
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
     from model.reward.full import _length_batches, _rewards
-    from model.reward.model import cut_pair_prompts, encode_pairs, load_reward_base, resolve_base_model
+    from model.reward.model import (cut_pair_prompts, encode_pairs, load_reward_base, load_tokenizer,
+                                    resolve_base_model)
     from model.reward.pooling import reward_logits
 
     torch.set_num_threads(args.threads)
     bf16 = bf16_pays_off(torch.device("cpu"))
     full = TrainConfig(mode="full", prompt_tokens=args.prompt_tokens)
     max_length = full.max_length
+    base = resolve_base_model(args.base_model)
+    pairs = cut_pair_prompts(load_tokenizer(base), read_pairs(args.data), full.prompt_tokens)
+    batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]  # the same for each way
     ways = {"stock forward, one pass": lambda model, tok, p, a: model(
                 **encode_pairs(tok, p, a, max_length)).logits[:, 0],
             "pooling layer at the first token, one pass": lambda model, tok, p, a: reward_logits(
@@ -104,10 +108,8 @@ def time_real_batches(args) -> int:
     rows = []
     for way, rewards in ways.items():
         torch.manual_seed(0)
-        model, tok, _ = load_reward_base(resolve_base_model(args.base_model), "mean")
+        model, tok, _ = load_reward_base(base, "mean")  # each way starts from the same weights
         model.train(False)  # full mode trains without dropout
-        pairs = cut_pair_prompts(tok, read_pairs(args.data), full.prompt_tokens)
-        batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
         seconds = []
         for chunk in batches:

@@ -9,7 +9,7 @@ import random
 from contextlib import contextmanager, nullcontext
 
 from model.hardware import bf16_pays_off
-from model.reward.model import RewardModel, encode_pairs
+from model.reward.model import RewardModel, batches_by_length, encode_pairs
 from model.reward.objective import bt_loss, margin_loss, pair_weights
 from model.reward.pooling import reward_logits
 
@@ -45,13 +45,11 @@ def _rewards(model, tokenizer, prompts, answers, max_length, groups: int = FORWA
     similar length: a pair's two answers often differ in length, and one pass pads all to the longest."""
     import torch
 
-    order = sorted(range(len(answers)), key=lambda i: len(prompts[i]) + len(answers[i]))
-    size = math.ceil(len(order) / groups)
-    parts = []
-    for start in range(0, len(order), size):
-        idx = order[start:start + size]
+    order, parts = [], []
+    for idx in batches_by_length(prompts, answers, math.ceil(len(answers) / groups)):
         enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [answers[i] for i in idx], max_length)
         parts.append(reward_logits(model, enc.to(model.device))[:, 0])
+        order += idx
     rewards = torch.cat(parts)
     return rewards[torch.tensor(order, device=rewards.device).argsort()]
 

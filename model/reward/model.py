@@ -128,7 +128,7 @@ def _mean_pool(hidden, mask):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def _batches(prompts: list[str], answers: list[str], batch_size: int):
+def batches_by_length(prompts: list[str], answers: list[str], batch_size: int):
     """Index batches sorted by length, so padding stays short; callers restore the order."""
     order = sorted(range(len(answers)), key=lambda i: len(prompts[i]) + len(answers[i]))
     for start in range(0, len(order), batch_size):
@@ -190,7 +190,7 @@ class RewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         scores = [0.0] * len(answers)
         with torch.inference_mode():
-            for idx in _batches(prompts, answers, self.batch_size):
+            for idx in batches_by_length(prompts, answers, self.batch_size):
                 p, a = [prompts[i] for i in idx], [answers[i] for i in idx]
                 if self.zero_shot_mode:
                     values = torch.nn.functional.cosine_similarity(self._embed(p), self._embed(a)) * ZERO_SHOT_SCALE
