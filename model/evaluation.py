@@ -98,6 +98,8 @@ def loss_curves(history: list[dict], path) -> Path:
         ax.plot(epochs, [h["train_loss"] for h in runs], "o-", label="train" + suffix)
         if any(h.get("val_loss") is not None for h in runs):
             ax.plot(epochs, [h.get("val_loss") for h in runs], "o--", label="held-out" + suffix)
+        if any(h.get("val_loss_calibrated") is not None for h in runs):  # what full mode picks its point by
+            ax.plot(epochs, [h.get("val_loss_calibrated") for h in runs], "s:", label="held-out, calibrated" + suffix)
     ax.axhline(np.log(2), color="grey", linestyle="--", label="chance (ln 2)")
     ax.set(xlabel="epoch", ylabel="Bradley-Terry loss", title="Reward model training")
     ax.legend()

@@ -320,6 +320,33 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
     assert _margin_loss(margins, cfg) == pytest.approx(metrics["val_loss"], abs=1e-4)  # the saved model is that point
 
 
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_full_mode_compares_points_by_the_calibrated_held_out_loss_when_it_calibrates(encoder, pairs, tmp_path,
+                                                                                      monkeypatch, calibrate):
+    """Epoch 2 ranks more held-out pairs right (70% against 60%) but with overconfident margins (+-3 against
+    +-0.3): its plain loss is higher, its loss after temperature scaling lower. A calibrated model serves the
+    latter, so that is the point kept; without calibration the plain loss decides."""
+    import model.reward.full as full
+
+    real, epochs_scored = full._pair_margins, []
+
+    def scripted(scorer, scored_pairs):  # the real rewards, held-out margins of the shape above
+        rewards = real(scorer, scored_pairs)[1]
+        epochs_scored.append(len(epochs_scored) + 1)
+        right_of_10, size = (6, 0.3) if len(epochs_scored) == 1 else (7, 3.0)
+        return [size if i % 10 < right_of_10 else -size for i in range(len(scored_pairs))], rewards
+
+    monkeypatch.setattr(full, "_pair_margins", scripted)
+    metrics = train_reward_model(pairs[:120], config(encoder, "full", epochs=2, calibrate=calibrate), tmp_path)
+    first, second = metrics["history"]
+    assert first["val_loss"] < second["val_loss"]
+    if calibrate:
+        assert second["val_loss_calibrated"] < first["val_loss_calibrated"] < first["val_loss"]
+    else:
+        assert "val_loss_calibrated" not in first
+    assert metrics["best_epoch"] == (2 if calibrate else 1)
+
+
 def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(encoder, pairs, tmp_path, monkeypatch):
     """members=2: two fine-tunes from the same weights (head included) with their own data orders; the
     saved weights are the mean of their kept weights, whatever the members' held-out losses."""

@@ -12,9 +12,9 @@ Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
   runs from one start when asked.
 The loss is the mean over pairs weighted by each pair's `weight` (model/reward/objective.py). The best point
 by held-out loss is kept (fast: per epoch, stopping early once it stops improving; full: per epoch, of two
-by default), then the rewards are divided by a temperature fitted on the held-out pairs (`calibrate`). The
-encoder runs on a CUDA GPU when torch sees one (fast mode's encoding, all of full mode); fast mode's head fit
-is too small to gain from it and stays on the CPU.
+by default, compared as the calibrated model will serve), then the rewards are divided by a temperature
+fitted on the held-out pairs (`calibrate`). The encoder runs on a CUDA GPU when torch sees one (fast mode's
+encoding, all of full mode); fast mode's head fit is too small to gain from it and stays on the CPU.
 """
 
 from __future__ import annotations
