@@ -58,6 +58,27 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
         assert len(r["margins"]) == 10 and r["correct"] == signs
 
 
+def test_epoch_rules_keeps_each_rules_point_and_scores_it_as_served(tmp_path):
+    """Epoch 1: modest held-out margins, 60% right; epoch 2: overconfident ones, 70% right. The plain loss keeps
+    epoch 1, the calibrated loss epoch 2, and each row scores the test margins of the point it keeps."""
+    def point(epoch, right, size, test_right):
+        return {"epoch": epoch, "val_weights": [1.0] * 20,
+                "val_margins": [size if i % 10 < right else -size for i in range(20)],
+                "test_margins": [1.0 if i < test_right else -1.0 for i in range(10)]}
+
+    full = [{"seed": 1, "diag": [point(1, 6, 0.3, 5), point(2, 7, 3.0, 8)]}]
+    trl = [{"seed": 1, "correct": [1.0] * 6 + [0.0] * 4}]
+    runs, results = tmp_path / "runs.json", tmp_path / "trl.json"
+    runs.write_text(json.dumps({"full": full})), results.write_text(json.dumps({"trl": trl}))
+    done = subprocess.run([sys.executable, "benchmarks/epoch_rules.py", str(runs), "--trl", str(results)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:4] for line in done.stdout.splitlines()[2:]}
+    assert rows["plain held-out loss (before)"] == ["1", "50.0%", "50.0%"]
+    assert rows["held-out loss after temperature scaling (now)"] == ["2", "80.0%", "80.0%"]
+    assert "+20.0" in done.stdout  # 80% against TRL's 60%, paired
+
+
 @pytest.mark.slow
 def test_bench_train_step_times_real_batches_three_ways(tmp_path):
     data = tmp_path / "hh.jsonl"
