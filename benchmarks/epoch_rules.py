@@ -22,15 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_reward import paired_gap, test_accuracy  # noqa: E402
 
 from model.reward.calibration import calibrated_loss, fit_temperature  # noqa: E402
+from model.reward.config import TrainConfig  # noqa: E402
+from model.reward.objective import margin_loss  # noqa: E402
 
 
 def plain_loss(point) -> float:
-    import torch
-    import torch.nn.functional as F
-
-    m = torch.tensor(point["val_margins"], dtype=torch.float64)
-    w = torch.tensor(point["val_weights"], dtype=torch.float64)
-    return ((F.softplus(-m) * w).sum() / w.sum()).item()
+    return margin_loss(point["val_margins"], TrainConfig(mode="full"), point["val_weights"])
 
 
 RULES = {
