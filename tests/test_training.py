@@ -378,18 +378,24 @@ def test_full_mode_members_start_alike_and_the_saved_model_is_their_average(enco
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_full_mode_trains_in_bf16_only_where_the_cpu_has_it(encoder, pairs, tmp_path, monkeypatch, native):
-    """Emulated bf16 is ~20x slower than fp32 on a CPU without bf16 instructions."""
+def test_full_mode_trains_in_bf16_and_eager_attention_only_where_the_cpu_has_bf16(encoder, pairs, tmp_path,
+                                                                                 monkeypatch, native):
+    """Emulated bf16 is ~20x slower than fp32 on a CPU without bf16 instructions; in bf16 on a CPU, eager
+    attention trains faster than sdpa, in fp32 slower. Scoring and the saved model keep sdpa."""
     import model.hardware as hardware
     import model.reward.train as training
 
-    dtypes = set()
+    dtypes, attention = set(), {True: set(), False: set()}  # attention: by whether gradients are on
     real = training.load_reward_base
 
-    def watched(*args):  # the real base model, with a hook that sees the dtype the encoder computes in
+    def watched(*args):  # the real base model, with hooks that see how the encoder computes
         model, tokenizer, pooling = real(*args)
-        model.base_model.encoder.layer[0].attention.self.query.register_forward_hook(
+        watched.model = model
+        self_attention = model.base_model.encoder.layer[0].attention.self
+        self_attention.query.register_forward_hook(
             lambda module, inputs, output: dtypes.add(output.dtype) if torch.is_grad_enabled() else None)
+        self_attention.register_forward_hook(
+            lambda module, inputs, output: attention[torch.is_grad_enabled()].add(model.config._attn_implementation))
         return model, tokenizer, pooling
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native)
@@ -397,6 +403,8 @@ def test_full_mode_trains_in_bf16_only_where_the_cpu_has_it(encoder, pairs, tmp_
     metrics = train_reward_model(pairs[:32], config(encoder, "full", epochs=1, val_fraction=0.0), tmp_path)
     assert dtypes == ({torch.bfloat16} if native else {torch.float32})
     assert metrics["bf16"] is native
+    assert attention == {True: {"eager" if native else "sdpa"}, False: {"sdpa"}}
+    assert watched.model.config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("dropout", [False, True])
