@@ -233,10 +233,10 @@ def register(subparsers) -> None:
                         "encoded, and on hh-rlhf as accurate as TRL's RewardTrainer (63.2 against 63.3%% on the "
                         "same 500 test pairs), so use it for the annotation loop's retrains (the only mode that "
                         "serves a new version within ~15 s of an annotation at 1,000 pairs). full: fine-tunes the "
-                        "encoder for two epochs on the prompts' last 32 tokens, in less time than TRL's "
+                        "encoder for two epochs on the prompts' last 32 tokens, in about the time TRL's "
                         "RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) and on hh-rlhf "
-                        "2.8 points more accurate than TRL (65.8 against 62.9%% over four seeds; 1.1 on a second "
-                        "test slice): use it for the model you hand to the RL step, and --members N when you can "
+                        "2.6 points more accurate than TRL (four seeds on three slices of 500 test pairs: +3.8, "
+                        "+2.6, +1.35): use it for the model you hand to the RL step, and --members N when you can "
                         "afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the "
@@ -245,8 +245,8 @@ def register(subparsers) -> None:
                    help="full mode: read only the last N tokens of each prompt (0: all that fits --max-length; "
                         "default 32: on hh-rlhf, whose prompts end with the turn being answered, 1.2 points more "
                         "accurate than 64 over four seeds, itself 1.5 above the whole prompt, and faster; 16 scored "
-                        "0.3-0.6 above 32 there, within noise, in 0.8x the time, but keeps little beyond the last "
-                        "question). Where the instruction comes first (a task, then a long document), give more or "
+                        "within 0.7 of 32 there, either way, in 0.8-0.9x the time, but keeps little beyond the "
+                        "last question). Where the instruction comes first (a task, then a long document), give more or "
                         "0. The answer is never cut for it, and the saved model cuts prompts the same way when it "
                         "scores")
     p.add_argument("--epochs", type=positive_int, help="default: 60 (fast) or 2 (full); the epoch with the best "

@@ -2,10 +2,10 @@
 
 One run, one process, one split: the first --train lines train, the last --test lines test; the prompt
 is the shared prefix up to the last "\\n\\nAssistant:" (--test-first: the first lines test and the last train,
-a second held-out slice). All three use the same base model; TRL and full mode the same max length, fast
-mode its own default (--max-length sets all three). Fast mode runs twice on the
-first seed: first with an empty feature cache (encoding every text; --feature-cache keeps one between
-runs), then a retrain that finds every feature cached; then once per further seed. Accuracy is on the test
+a second held-out slice; --test-start N: the lines from N test, a third). All three use the same base model;
+TRL and full mode the same max length, fast mode its own default (--max-length sets all three). Fast mode
+runs twice on the first seed: first with an empty feature cache (encoding every text; --feature-cache keeps
+one between runs), then a retrain that finds every feature cached; then once per further seed. Accuracy is on the test
 pairs (ties count half) with a 95% bootstrap interval, scored by the SAVED model folder. The machine is
 shared, so compare figures from one run.
 
@@ -232,14 +232,18 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of prompt+answer (default: each mode's, 512 in fast mode, 256 in full mode "
                              "and for TRL)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--test-first", action="store_true",
+    slices = parser.add_mutually_exclusive_group()
+    slices.add_argument("--test-first", action="store_true",
                         help="a second held-out slice: the FIRST --test lines test and the last --train lines "
                              "train (default: the first --train lines train, the last --test lines test)")
+    slices.add_argument("--test-start", type=int, metavar="N",
+                        help="another held-out slice: the --test lines from line N (0-based) test, and the first "
+                             "--train of the lines before and after them train")
 
 
 def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
     """(train, test): the first --train and the last --test pairs of --data (--test-first: the last --train
-    and the first --test)."""
+    and the first --test; --test-start N: the --test from pair N, and the first --train of the others)."""
     from model.pairs import read_pairs
 
     if args.data is None:
@@ -249,6 +253,11 @@ def read_split(parser: argparse.ArgumentParser, args) -> tuple[list, list]:
         parser.error(f"{args.data} has {len(pairs)} pairs, fewer than --train + --test")
     if getattr(args, "test_first", False):
         return pairs[-args.train:], pairs[:args.test]
+    start = getattr(args, "test_start", None)
+    if start is not None:
+        if not 0 <= start <= len(pairs) - args.test:
+            parser.error(f"--test-start {start}: the test slice must lie within the {len(pairs)} pairs")
+        return (pairs[:start] + pairs[start + args.test:])[:args.train], pairs[start:start + args.test]
     return pairs[:args.train], pairs[-args.test:]
 
 
@@ -310,7 +319,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
     results: dict = {"data": str(args.data), "train": len(train), "test": len(test), "max_length": args.max_length,
                      "prompt_tokens": args.prompt_tokens,
-                     "test_slice": "first" if args.test_first else "last",
+                     "test_slice": ("first" if args.test_first else "last" if args.test_start is None
+                                    else f"from line {args.test_start}"),
                      "base_model": args.base_model, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.resume:
         results.update({k: v for k, v in json.loads(args.resume.read_text()).items() if k in SECTIONS})

@@ -3,9 +3,10 @@ in fp32 and in bf16 autocast, with AdamW's loop (foreach) implementation and its
 mode uses bf16 only where it is native (emulated bf16 is many times slower than fp32) and fused AdamW (the
 loop version's step over MiniLM's 23M weights, most of them the embedding matrix, cost a fifth of a step).
 
-With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, three
-ways: the stock forward in one pass; the mean pooling layer read at the first token only; and that in two
-passes over texts of similar length (full mode's way since 2026-12-05).
+With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, four
+ways: the stock forward in one pass; the mean pooling layer read at the first token only; that in two
+passes over texts of similar length; and that with eager attention where the steps run in bf16 (full mode's
+way since 2026-12-05 22:00 UTC; in fp32 it is the third way again).
 
     python benchmarks/bench_train_step.py [--pairs 8] [--tokens 136] [--steps 3] [--threads 2]
     python benchmarks/bench_train_step.py --data PAIRS.jsonl [--prompt-tokens 32] [--steps 20] [--threads 1]
@@ -79,7 +80,7 @@ def main() -> int:
 
 
 def time_real_batches(args) -> int:
-    """Seconds per step (forward, backward, fused AdamW) on the same real batches, three ways."""
+    """Seconds per step (forward, backward, fused AdamW) on the same real batches, four ways."""
     import random
 
     import torch
@@ -87,7 +88,7 @@ def time_real_batches(args) -> int:
     from model.hardware import bf16_pays_off
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
-    from model.reward.full import _length_batches, _rewards
+    from model.reward.full import _length_batches, _rewards, _training_attention
     from model.reward.model import (cut_pair_prompts, encode_pairs, load_reward_base, load_tokenizer,
                                     resolve_base_model)
     from model.reward.pooling import reward_logits
@@ -99,14 +100,17 @@ def time_real_batches(args) -> int:
     base = resolve_base_model(args.base_model)
     pairs = cut_pair_prompts(load_tokenizer(base), read_pairs(args.data), full.prompt_tokens)
     batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]  # the same for each way
-    ways = {"stock forward, one pass": lambda model, tok, p, a: model(
-                **encode_pairs(tok, p, a, max_length)).logits[:, 0],
-            "pooling layer at the first token, one pass": lambda model, tok, p, a: reward_logits(
-                model, encode_pairs(tok, p, a, max_length))[:, 0],
-            "pooling layer at the first token, two passes": lambda model, tok, p, a: _rewards(
-                model, tok, p, a, max_length, groups=2)}
+    def two_passes(model, tok, p, a):
+        return _rewards(model, tok, p, a, max_length, groups=2)
+
+    ways = {"stock forward, one pass": (lambda model, tok, p, a: model(
+                **encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
+            "pooling layer at the first token, one pass": (lambda model, tok, p, a: reward_logits(
+                model, encode_pairs(tok, p, a, max_length))[:, 0], False),
+            "pooling layer at the first token, two passes": (two_passes, False),
+            "the same, eager attention where bf16": (two_passes, True)}
     rows = []
-    for way, rewards in ways.items():
+    for way, (rewards, eager) in ways.items():
         torch.manual_seed(0)
         model, tok, _ = load_reward_base(base, "mean")  # each way starts from the same weights
         model.train(False)  # full mode trains without dropout
@@ -114,7 +118,8 @@ def time_real_batches(args) -> int:
         seconds = []
         for chunk in batches:
             started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            attention = _training_attention(model, eager and bf16)
+            with attention, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 r = rewards(model, tok, [p.prompt for p in chunk] * 2,
                             [p.chosen for p in chunk] + [p.rejected for p in chunk]).float()
             loss = -torch.nn.functional.logsigmoid(r[:len(chunk)] - r[len(chunk):]).mean()

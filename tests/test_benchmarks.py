@@ -79,8 +79,29 @@ def test_epoch_rules_keeps_each_rules_point_and_scores_it_as_served(tmp_path):
     assert "+20.0" in done.stdout  # 80% against TRL's 60%, paired
 
 
+def test_compare_runs_pairs_each_run_with_the_first_on_their_shared_seeds(tmp_path):
+    def result(seed, correct, seconds):
+        return {"seed": seed, "accuracy": sum(correct) / len(correct), "correct": correct, "seconds": seconds,
+                "ece": 0.04}
+
+    (tmp_path / "trl.json").write_text(json.dumps({"trl": [result(1, [1.0, 1.0, 0.0, 0.0], 200),
+                                                             result(2, [1.0, 0.0, 0.0, 0.0], 210)]}))
+    (tmp_path / "full.json").write_text(json.dumps({"full": [result(1, [1.0, 1.0, 1.0, 0.0], 190)]}))
+    done = subprocess.run([sys.executable, "benchmarks/compare_runs.py", f"{tmp_path}/trl.json:trl:TRL",
+                           f"{tmp_path}/full.json:full:full mode"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in done.stdout.splitlines()[2:]}
+    assert rows["TRL"][:3] == ["50.0%", "25.0%", "37.5%"] and rows["TRL"][4] == "200-210"
+    assert rows["full mode"][:3] == ["75.0%", "", "75.0%"]
+    assert rows["full mode"][3].startswith("+25.00 [") and rows["full mode"][3].endswith("(seeds 1)")
+    missing = subprocess.run([sys.executable, "benchmarks/compare_runs.py", f"{tmp_path}/trl.json:full"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "has no section 'full'" in missing.stderr
+
+
 @pytest.mark.slow
-def test_bench_train_step_times_real_batches_three_ways(tmp_path):
+def test_bench_train_step_times_real_batches_four_ways(tmp_path):
     data = tmp_path / "hh.jsonl"
     data.write_text("\n".join(hh_style_lines(40)) + "\n")
     command = [sys.executable, "benchmarks/bench_train_step.py", "--data", str(data), "--steps", "2",
@@ -90,7 +111,8 @@ def test_bench_train_step_times_real_batches_three_ways(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "seconds" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| stock forward, one pass",
                                                      "| pooling layer at the first token, one pass",
-                                                     "| pooling layer at the first token, two passes"]
+                                                     "| pooling layer at the first token, two passes",
+                                                     "| the same, eager attention where bf16"]
     assert "last 4 tokens" in done.stdout
 
 
@@ -108,6 +130,25 @@ def test_the_second_held_out_slice_is_the_first_lines_and_trains_on_the_rest(tmp
     second = read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10", "--test-first"]))
     assert usual[1] == second[0][-10:] and usual[0][:10] == second[1]  # the usual test pairs train; its first ten test
     assert not set(second[0]) & set(second[1]) and (len(second[0]), len(second[1])) == (25, 10)
+
+
+def test_a_held_out_slice_from_a_given_line_trains_on_the_lines_around_it(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_reward import add_split_arguments, read_split
+    from model.pairs import read_pairs
+
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(40)) + "\n")
+    pairs = read_pairs(data)
+    parser = argparse.ArgumentParser()
+    add_split_arguments(parser)
+    train, test = read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10",
+                                                        "--test-start", "12"]))
+    assert test == pairs[12:22] and train == pairs[:12] + pairs[22:35]
+    with pytest.raises(SystemExit):  # a slice that runs past the data is refused
+        read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10", "--test-start", "31"]))
 
 
 @pytest.mark.slow

@@ -1,0 +1,67 @@
+"""Several `bench_reward.py` runs on the same test pairs, side by side: each run's per-seed test accuracy, its
+mean, its gap to the first run (a paired bootstrap over the test pairs, on the seeds both have), its training
+time and test ECE, as a Markdown table.
+
+Each argument is a results file (`--json-out`) and a section in it, `FILE:SECTION` (trl, full, fast), with an
+optional label after a second colon:
+
+    python benchmarks/compare_runs.py trl-A.json:trl full-A.json:full:"full mode" eager-A.json:full:"eager"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_reward import paired_gap  # noqa: E402
+
+
+def read_run(spec: str) -> tuple[str, dict]:
+    """(label, {seed: result}) from FILE:SECTION[:LABEL]."""
+    file, section, *label = spec.split(":", 2)
+    results = json.loads(Path(file).read_text())
+    if section not in results:
+        raise SystemExit(f"{file} has no section {section!r} (it has: {', '.join(sorted(results))})")
+    return (label[0] if label else f"{Path(file).stem}:{section}"), {r["seed"]: r for r in results[section]}
+
+
+def span(values, fmt: str) -> str:
+    return f"{min(values):{fmt}}-{max(values):{fmt}}" if values else ""
+
+
+def table(runs: list[tuple[str, dict]]) -> list[str]:
+    seeds = sorted({s for _, rows in runs for s in rows})
+    lines = [f"| run | {' | '.join(f'seed {s}' for s in seeds)} | mean | - {runs[0][0]} [95% paired CI] "
+             "| train time (s) | test ECE |", "|---" * (len(seeds) + 5) + "|"]
+    reference = runs[0][1]
+    for i, (label, rows) in enumerate(runs):
+        accs = [f"{rows[s]['accuracy']:.1%}" if s in rows else "" for s in seeds]
+        mean = sum(r["accuracy"] for r in rows.values()) / len(rows)
+        gap = ""
+        shared = sorted(set(rows) & set(reference))
+        if i and shared:
+            g = paired_gap([rows[s]["correct"] for s in shared], [reference[s]["correct"] for s in shared])
+            gap = f"{100 * g['gap']:+.2f} [{100 * g['ci_low']:+.2f}, {100 * g['ci_high']:+.2f}]"
+            if len(shared) < len(rows) or len(shared) < len(reference):
+                gap += f" (seeds {', '.join(map(str, shared))})"
+        lines.append(f"| {label} | {' | '.join(accs)} | {mean:.1%} | {gap} | "
+                     f"{span([r['seconds'] for r in rows.values()], '.0f')} | "
+                     f"{span([r['ece'] for r in rows.values() if r.get('ece') is not None], '.3f')} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="FILE:SECTION[:LABEL]",
+                        help="results of bench_reward.py --json-out and a section; the first is the reference")
+    args = parser.parse_args()
+    print("\n".join(table([read_run(spec) for spec in args.runs])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
