@@ -2,8 +2,8 @@
 mean, its gap to the first run (a paired bootstrap over the test pairs, on the seeds both have), its training
 time and test ECE, as a Markdown table.
 
-Each argument is a results file (`--json-out`) and a section in it, `FILE:SECTION` (trl, full, fast), with an
-optional label after a second colon:
+Each argument is a results file (`--json-out`) and a per-seed section in it, `FILE:SECTION` (trl, full, or
+such a section merged in under another name), with an optional label after a second colon:
 
     python benchmarks/compare_runs.py trl-A.json:trl full-A.json:full:"full mode" eager-A.json:full:"eager"
 """
