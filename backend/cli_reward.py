@@ -246,9 +246,9 @@ def register(subparsers) -> None:
                         "default 32: on hh-rlhf, whose prompts end with the turn being answered, 1.2 points more "
                         "accurate than 64 over four seeds, itself 1.5 above the whole prompt, and faster; 16 scored "
                         "within 0.7 of 32 there, either way, in 0.8-0.9x the time, but keeps little beyond the "
-                        "last question). Where the instruction comes first (a task, then a long document), give more or "
-                        "0. The answer is never cut for it, and the saved model cuts prompts the same way when it "
-                        "scores")
+                        "last question). Where the instruction comes first (a task, then a long document), give "
+                        "more or 0. The answer is never cut for it, and the saved model cuts prompts the same way "
+                        "when it scores")
     p.add_argument("--epochs", type=positive_int, help="default: 60 (fast) or 2 (full); the epoch with the best "
                    "held-out loss is kept (full mode with --calibrate: the loss after temperature scaling)")
     p.add_argument("--folds", type=positive_int, metavar="N",
