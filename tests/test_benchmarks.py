@@ -148,7 +148,8 @@ def test_a_held_out_slice_from_a_given_line_trains_on_the_lines_around_it(tmp_pa
                                                         "--test-start", "12"]))
     assert test == pairs[12:22] and train == pairs[:12] + pairs[22:35]
     with pytest.raises(SystemExit):  # a slice that runs past the data is refused
-        read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10", "--test-start", "31"]))
+        read_split(parser, parser.parse_args(["--data", str(data), "--train", "25", "--test", "10",
+                                              "--test-start", "31"]))
 
 
 @pytest.mark.slow

@@ -32,10 +32,12 @@ def _freeze_lower_layers(model, train_layers: int | None) -> None:
 
 @contextmanager
 def _training_attention(model, bf16: bool):
-    """Eager attention inside the block when training runs in bf16 on a CPU, the model's own after it.
-    There PyTorch's fused attention (sdpa) spends about a third of a MiniLM step in its backward pass, and
-    eager attention makes a step about a fifth faster; in fp32 on a CPU sdpa is the faster one (BENCHMARKS.md),
-    and GPUs keep their fused kernels. Scoring and the saved folder keep the model's own attention."""
+    """Eager attention inside the block (a training step's forward passes; the backward pass follows the graph
+    they recorded) when training runs in bf16 on a CPU, the model's own after it. There PyTorch's fused
+    attention (sdpa) spends about a third of a MiniLM step in its backward pass, and eager attention makes a
+    step about a fifth faster; in fp32 on a CPU sdpa is the faster one (BENCHMARKS.md), and GPUs keep their
+    fused kernels. Scoring and the saved folder keep the model's own attention. Switching costs under a
+    millisecond."""
     own = model.config._attn_implementation
     if not (bf16 and model.device.type == "cpu" and own == "sdpa"):
         yield
@@ -189,25 +191,24 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
     best, history, step = None, [], 0
     for epoch in range(epochs):
         total, seen = 0.0, 0
-        with _training_attention(model, bf16):
-            for chunk in _length_batches(train, batch, rng):
-                # Without dropout, chosen and rejected are scored by the same network, as they are when served.
-                model.train(config.dropout)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    r = _rewards(model, tokenizer, [p.prompt for p in chunk] * 2,
-                                 [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length).float()
-                weights = pair_weights(chunk).to(device)
-                loss = bt_loss(r[:len(chunk)], r[len(chunk):], config, weights)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                if average:
-                    average.update()
-                step += 1
-                total, seen = total + loss.item() * weights.sum().item(), seen + weights.sum().item()
-                progress(0.95 * step / steps, f"epoch {epoch + 1}/{epochs} step {step}/{steps}")
+        for chunk in _length_batches(train, batch, rng):
+            # Without dropout, chosen and rejected are scored by the same network, as they are when served.
+            model.train(config.dropout)
+            with _training_attention(model, bf16), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                r = _rewards(model, tokenizer, [p.prompt for p in chunk] * 2,
+                             [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length).float()
+            weights = pair_weights(chunk).to(device)
+            loss = bt_loss(r[:len(chunk)], r[len(chunk):], config, weights)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            if average:
+                average.update()
+            step += 1
+            total, seen = total + loss.item() * weights.sum().item(), seen + weights.sum().item()
+            progress(0.95 * step / steps, f"epoch {epoch + 1}/{epochs} step {step}/{steps}")
         # Once an epoch, not more often: each held-out pass costs about a tenth of an epoch's training.
         model.eval()
         entry = {"epoch": epoch + 1, "train_loss": total / seen}
