@@ -84,6 +84,7 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          pooling=pooling, seed=seed,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
+                         batch_size=args.full_batch_size if mode == "full" else None,
                          prompt_tokens=args.full_prompt_tokens if mode == "full" else None,
                          train_layers=args.train_layers if mode == "full" else None,
                          members=args.full_members if mode == "full" else 1, calibrate=args.calibrate,
@@ -202,7 +203,7 @@ def section_full(train, test, args, work, results):
         scored = score_saved(full["folder"], test)
         shutil.rmtree(full["folder"], ignore_errors=True)
         return {"seconds": full["seconds"], "epochs": m["epochs"], "learning_rate": m["learning_rate"],
-                "prompt_tokens": m["prompt_tokens"],
+                "batch_size": m["batch_size"], "prompt_tokens": m["prompt_tokens"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
                 "members": m["members"], "bf16": m["bf16"],
                 "average_epochs": m["average_epochs"], "val_accuracy": m["val_accuracy"],
@@ -268,6 +269,8 @@ def main() -> int:
     add_split_arguments(parser)
     parser.add_argument("--full-epochs", type=int, default=None, help="full mode epochs (default: TrainConfig's)")
     parser.add_argument("--full-lr", type=float, default=None, help="full mode learning rate (default: TrainConfig's)")
+    parser.add_argument("--full-batch-size", type=int, default=None,
+                        help="full mode: pairs per step (default: TrainConfig's)")
     parser.add_argument("--full-prompt-tokens", type=int, default=None,
                         help="full mode: read only each prompt's last N tokens, in training and when the saved "
                              "model scores (0: the whole prompt; default: TrainConfig's)")
@@ -359,7 +362,9 @@ def main() -> int:
     for f in results.get("full", []):
         members = f" x {f['members']} averaged" if f.get("members", 1) > 1 else ""
         prompt = f", prompt's last {f['prompt_tokens']} tokens" if f.get("prompt_tokens") else ""
-        print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}, {'bf16 autocast' if f.get('bf16') else 'fp32'}, "
+        batch = f", {f['batch_size']} pairs a step" if f.get("batch_size") else ""  # not in older results
+        print(fmt_row(f"full mode ({f['epochs']} epochs{members}, lr {f['learning_rate']:g}{batch}, "
+                      f"{'bf16 autocast' if f.get('bf16') else 'fp32'}, "
                       f"{f['pooling']} pooling{prompt}), seed {f['seed']}", f, f"{f['seconds']:.0f}",
                       f"ECE {f['ece']:.3f}; best epoch {f['best_epoch']}; no pair dropped"))
     for key in ("fast", "fast-cls", "trl", "full"):

@@ -6,6 +6,11 @@ Each argument is a results file (`--json-out`) and a per-seed section in it, `FI
 such a section merged in under another name), with an optional label after a second colon:
 
     python benchmarks/compare_runs.py trl-A.json:trl full-A.json:full:"full mode" eager-A.json:full:"eager"
+
+Files joined with + (runs on different test slices) count as one run over all their test pairs: each seed's
+pairs one slice after another, on the seeds every file has.
+
+    python benchmarks/compare_runs.py trl-A.json+trl-C.json:trl:TRL full-A.json+full-C.json:full
 """
 
 from __future__ import annotations
@@ -21,12 +26,24 @@ from bench_reward import paired_gap  # noqa: E402
 
 
 def read_run(spec: str) -> tuple[str, dict]:
-    """(label, {seed: result}) from FILE:SECTION[:LABEL]."""
-    file, section, *label = spec.split(":", 2)
-    results = json.loads(Path(file).read_text())
-    if section not in results:
-        raise SystemExit(f"{file} has no section {section!r} (it has: {', '.join(sorted(results))})")
-    return (label[0] if label else f"{Path(file).stem}:{section}"), {r["seed"]: r for r in results[section]}
+    """(label, {seed: result}) from FILE[+FILE...]:SECTION[:LABEL]; several files' results joined per seed."""
+    files, section, *label = spec.split(":", 2)
+    slices = []
+    for file in files.split("+"):
+        results = json.loads(Path(file).read_text())
+        if section not in results:
+            raise SystemExit(f"{file} has no section {section!r} (it has: {', '.join(sorted(results))})")
+        slices.append({r["seed"]: r for r in results[section]})
+    seeds = sorted(set.intersection(*(set(rows) for rows in slices)))
+    name = "+".join(Path(file).stem for file in files.split("+"))
+    return (label[0] if label else f"{name}:{section}"), {s: joined([rows[s] for rows in slices]) for s in seeds}
+
+
+def joined(results: list[dict]) -> dict:
+    """One seed's results on several test slices as one result: all their test pairs, each slice's time and ECE."""
+    correct = [c for r in results for c in r["correct"]]
+    return {"accuracy": sum(correct) / len(correct), "correct": correct, "seconds": [r["seconds"] for r in results],
+            "ece": [r["ece"] for r in results if r.get("ece") is not None]}
 
 
 def span(values, fmt: str) -> str:
@@ -49,8 +66,8 @@ def table(runs: list[tuple[str, dict]]) -> list[str]:
             if len(shared) < len(rows) or len(shared) < len(reference):
                 gap += f" (seeds {', '.join(map(str, shared))})"
         lines.append(f"| {label} | {' | '.join(accs)} | {mean:.1%} | {gap} | "
-                     f"{span([r['seconds'] for r in rows.values()], '.0f')} | "
-                     f"{span([r['ece'] for r in rows.values() if r.get('ece') is not None], '.3f')} |")
+                     f"{span([t for r in rows.values() for t in r['seconds']], '.0f')} | "
+                     f"{span([e for r in rows.values() for e in r['ece']], '.3f')} |")
     return lines
 
 

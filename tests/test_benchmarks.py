@@ -43,16 +43,18 @@ def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
     command = [sys.executable, "benchmarks/bench_reward.py", "--data", str(data), "--train", "30", "--test", "10",
                "--base-model", str(tiny_encoder(tmp_path / "enc")), "--max-length", "128", "--threads", "1",
                "--only", "fast,trl,full", "--seeds", "1,2", "--full-epochs", "1", "--full-members", "2",
-               "--average-epochs", "1.5", "--json-out", str(out)]
+               "--full-batch-size", "4", "--average-epochs", "1.5", "--json-out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads(out.read_text())
     assert [r["seed"] for r in results["trl"]] == [1, 2] and [r["seed"] for r in results["full"]] == [1, 2]
     assert [r["seed"] for r in results["fast"]["seeds"]] == [1, 2] and results["fast"]["retrain_seconds"] > 0
-    assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and 0 <= r["accuracy"] <= 1 for r in results["full"])
+    assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and r["batch_size"] == 4 and 0 <= r["accuracy"] <= 1
+               for r in results["full"])
     assert results["full_minus_trl"]["seeds"] == [1, 2]
-    assert "| full mode (1 epochs x 2 averaged" in done.stdout and "full - TRL =" in done.stdout
+    assert "| full mode (1 epochs x 2 averaged, lr 0.0001, 4 pairs a step" in done.stdout
+    assert "full - TRL =" in done.stdout
     for r in results["full"] + results["trl"]:  # each test pair's margin is kept, its sign is the correctness
         signs = [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in r["margins"]]
         assert len(r["margins"]) == 10 and r["correct"] == signs
@@ -98,6 +100,27 @@ def test_compare_runs_pairs_each_run_with_the_first_on_their_shared_seeds(tmp_pa
     missing = subprocess.run([sys.executable, "benchmarks/compare_runs.py", f"{tmp_path}/trl.json:full"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "has no section 'full'" in missing.stderr
+
+
+def test_compare_runs_joins_test_slices_into_one_run_per_seed(tmp_path):
+    def results(section, per_seed):
+        return json.dumps({section: [{"seed": seed, "accuracy": sum(c) / len(c), "correct": c, "seconds": t,
+                                      "ece": 0.03} for seed, c, t in per_seed]})
+
+    (tmp_path / "trl-A.json").write_text(results("trl", [(1, [1.0, 0.0], 200), (2, [0.0, 0.0], 210)]))
+    (tmp_path / "trl-C.json").write_text(results("trl", [(1, [0.0, 0.0, 0.0, 1.0], 190)]))  # seed 2 not run
+    (tmp_path / "full-A.json").write_text(results("full", [(1, [1.0, 1.0], 150), (2, [1.0, 0.0], 160)]))
+    (tmp_path / "full-C.json").write_text(results("full", [(1, [1.0, 1.0, 1.0, 1.0], 170)]))
+    done = subprocess.run([sys.executable, "benchmarks/compare_runs.py",
+                           f"{tmp_path}/trl-A.json+{tmp_path}/trl-C.json:trl:TRL",
+                           f"{tmp_path}/full-A.json+{tmp_path}/full-C.json:full:full mode"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in done.stdout.splitlines()[2:]}
+    # seed 1 only (the one both slices have), its six test pairs together: 2 of 6 against 6 of 6
+    assert "seed 2" not in done.stdout and rows["TRL"][:2] == ["33.3%", "33.3%"] and rows["TRL"][3] == "190-200"
+    assert rows["full mode"][:2] == ["100.0%", "100.0%"] and rows["full mode"][2].startswith("+66.67 [")
+    assert rows["full mode"][3] == "150-170"
 
 
 @pytest.mark.slow

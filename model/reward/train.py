@@ -108,7 +108,7 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         "ece": scored["ece"] if has_val else None,
         "base_model": config.base_model, "mode": config.mode, "max_length": config.max_length,
         "prompt_tokens": config.prompt_tokens,
-        "epochs": config.epochs, "learning_rate": config.learning_rate,
+        "epochs": config.epochs, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
         "train_seconds": round(train_seconds, 2), **extra, "history": history,
     }
     loss_curves(history, out_dir / "loss.png")
