@@ -100,6 +100,7 @@ def time_real_batches(args) -> int:
     base = resolve_base_model(args.base_model)
     pairs = cut_pair_prompts(load_tokenizer(base), read_pairs(args.data), full.prompt_tokens)
     batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]  # the same for each way
+
     def two_passes(model, tok, p, a):
         return _rewards(model, tok, p, a, max_length, groups=2)
 

@@ -28,14 +28,17 @@ from bench_reward import paired_gap  # noqa: E402
 def read_run(spec: str) -> tuple[str, dict]:
     """(label, {seed: result}) from FILE[+FILE...]:SECTION[:LABEL]; several files' results joined per seed."""
     files, section, *label = spec.split(":", 2)
+    paths = [Path(file) for file in files.split("+")]
     slices = []
-    for file in files.split("+"):
-        results = json.loads(Path(file).read_text())
+    for path in paths:
+        results = json.loads(path.read_text())
         if section not in results:
-            raise SystemExit(f"{file} has no section {section!r} (it has: {', '.join(sorted(results))})")
+            raise SystemExit(f"{path} has no section {section!r} (it has: {', '.join(sorted(results))})")
         slices.append({r["seed"]: r for r in results[section]})
     seeds = sorted(set.intersection(*(set(rows) for rows in slices)))
-    name = "+".join(Path(file).stem for file in files.split("+"))
+    if not seeds:
+        raise SystemExit(f"{files}:{section}: no seed was run in every file")
+    name = "+".join(path.stem for path in paths)
     return (label[0] if label else f"{name}:{section}"), {s: joined([rows[s] for rows in slices]) for s in seeds}
 
 

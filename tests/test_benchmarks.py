@@ -121,6 +121,11 @@ def test_compare_runs_joins_test_slices_into_one_run_per_seed(tmp_path):
     assert "seed 2" not in done.stdout and rows["TRL"][:2] == ["33.3%", "33.3%"] and rows["TRL"][3] == "190-200"
     assert rows["full mode"][:2] == ["100.0%", "100.0%"] and rows["full mode"][2].startswith("+66.67 [")
     assert rows["full mode"][3] == "150-170"
+    (tmp_path / "full-B.json").write_text(results("full", [(3, [1.0], 100)]))
+    disjoint = subprocess.run([sys.executable, "benchmarks/compare_runs.py",
+                               f"{tmp_path}/full-A.json+{tmp_path}/full-B.json:full"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert disjoint.returncode != 0 and "no seed was run in every file" in disjoint.stderr
 
 
 @pytest.mark.slow
