@@ -124,7 +124,12 @@ def train_full(model, tokenizer, train, val, config, progress, out):
     the minimum of that same loss, which biases such a comparison toward the members. On hh-rlhf the
     lowest-loss member always won it, yet the average scored higher on the test pairs on every seed
     measured (BENCHMARKS.md)."""
-    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size)
+    # Where bf16 is not native (older GPUs, most CPUs) it trains in fp32: fp16 would need loss scaling,
+    # and emulated bf16 is ~20x slower than fp32 on a CPU. The held-out passes score in the training's
+    # precision: in bf16 a pass takes 0.6x the time on an AVX-512 CPU, and on hh-rlhf the kept epoch, the
+    # fitted temperature and the saved model's test figures came out the same (BENCHMARKS.md).
+    bf16 = config.bf16 and bf16_pays_off(model.device)
+    scorer = RewardModel(model, tokenizer, config.max_length, batch_size=config.eval_batch_size, bf16=bf16)
     members = config.members
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     share = 0.95 / members  # of the progress bar, per member
@@ -137,12 +142,12 @@ def train_full(model, tokenizer, train, val, config, progress, out):
             progress(share * (k + fraction / 0.95), label + message)
 
         run = _fine_tune(model, tokenizer, train, val, dataclasses.replace(config, seed=config.seed + k),
-                         member_progress, scorer)
+                         member_progress, scorer, bf16)
         history += [{**entry, "member": k + 1} if members > 1 else entry for entry in run["history"]]
         runs.append(run)
     epochs = [r["epoch"] for r in runs]
     out.update(best_epoch=epochs[0] if members == 1 else epochs, average_epochs=config.average_epochs,
-               dropout=config.dropout, members=members, bf16=runs[0]["bf16"])
+               dropout=config.dropout, members=members, bf16=bf16)
     if members == 1 and val:  # the kept point was scored on the held-out pairs already
         return history, *runs[0]["scored"]
     if members > 1:
@@ -157,7 +162,7 @@ def train_full(model, tokenizer, train, val, config, progress, out):
     return history, m, rewards
 
 
-def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
+def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: bool) -> dict:
     """One fine-tuning run; after every epoch the held-out loss of the served weights (the moving
     average, or the model's own with average_epochs=None) is measured and the best point is kept. With
     `calibrate` that is the loss after temperature scaling, as the saved model will serve: the second epoch
@@ -169,9 +174,6 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
 
     _freeze_lower_layers(model, config.train_layers)
     device = model.device
-    # Where bf16 is not native (older GPUs, most CPUs) it trains in fp32: fp16 would need loss scaling,
-    # and emulated bf16 is ~20x slower than fp32 on a CPU.
-    bf16 = config.bf16 and bf16_pays_off(device)
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused AdamW (TRL's default too): the loop version costs ~20x more per step on a CPU, a fifth of
     # a MiniLM training step, most of it on the embedding matrix.
@@ -225,4 +227,4 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer) -> dict:
         history.append(entry)
     model.load_state_dict(best["weights"], strict=False)  # parameters only; buffers never change
     model.eval()
-    return {**best, "history": history, "bf16": bf16}
+    return {**best, "history": history}

@@ -140,8 +140,9 @@ class RewardModel:
     the only shared mutable object, the fast tokenizer's truncation state, is guarded by a lock."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, zero_shot: bool = False,
-                 batch_size: int = 32, prompt_tokens: int = 0):
+                 batch_size: int = 32, prompt_tokens: int = 0, bf16: bool = False):
         self.model = model.eval()
+        self.bf16 = bf16  # score in bf16 autocast: full mode's held-out passes, where it trains in bf16
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.prompt_tokens = prompt_tokens
@@ -189,7 +190,8 @@ class RewardModel:
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         scores = [0.0] * len(answers)
-        with torch.inference_mode():
+        autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
             for idx in batches_by_length(prompts, answers, self.batch_size):
                 p, a = [prompts[i] for i in idx], [answers[i] for i in idx]
                 if self.zero_shot_mode:
