@@ -47,7 +47,7 @@ def test_accuracy(margins) -> dict:
     m = margin_metrics(margins)
     correct = [1.0 if x > 0 else 0.0 if x < 0 else 0.5 for x in margins]
     return {"accuracy": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "ece": m["ece"],
-            "correct": correct, "margins": [round(float(x), 5) for x in margins]}
+            "correct": correct, "margins": [float(f"{x:.6g}") for x in margins]}  # 6 digits, never the sign
 
 
 def paired_gap(ours: list[list[float]], theirs: list[list[float]]) -> dict:
