@@ -233,10 +233,10 @@ def register(subparsers) -> None:
                         "encoded, and on hh-rlhf as accurate as TRL's RewardTrainer (63.2 against 63.3%% on the "
                         "same 500 test pairs), so use it for the annotation loop's retrains (the only mode that "
                         "serves a new version within ~15 s of an annotation at 1,000 pairs). full: fine-tunes the "
-                        "encoder for two epochs on the prompts' last 32 tokens, in about the time TRL's "
+                        "encoder for two epochs on the prompts' last 32 tokens, in 0.7-0.9x the time TRL's "
                         "RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) and on hh-rlhf "
-                        "2.6-2.8 points more accurate than TRL (four seeds on three slices of 500 test pairs, on "
-                        "two CPU kinds: +3.8 to +5.0, +2.45 to +2.6, +0.8 to +1.35): use it for the model you hand "
+                        "2.7-2.8 points more accurate than TRL (four seeds on three slices of 500 test pairs, on "
+                        "two CPU kinds: +4.1 to +5.0, +2.3 to +2.45, +0.8 to +1.7): use it for the model you hand "
                         "to the RL step, and --members N when you can afford N times that")
     p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the "

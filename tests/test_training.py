@@ -288,6 +288,20 @@ def test_a_steps_rewards_come_from_passes_over_similar_lengths_in_the_order_give
         torch.testing.assert_close(_rewards(model, tokenizer, prompts, answers, 64, groups), one_pass)
 
 
+def test_padding_a_steps_passes_to_a_multiple_of_16_tokens_leaves_their_rewards_as_they_were(encoder, pairs):
+    from model.reward.full import BF16_PAD_MULTIPLE, _rewards
+
+    model = AutoModelForSequenceClassification.from_pretrained(encoder).eval()
+    tokenizer = RewardModel.load(encoder).tokenizer
+    prompts, answers = [p.prompt for p in pairs[:6]], [p.chosen for p in pairs[:6]]
+    padded = encode_pairs(tokenizer, prompts, answers, 64, pad_to_multiple_of=BF16_PAD_MULTIPLE)["input_ids"]
+    plain = encode_pairs(tokenizer, prompts, answers, 64)["input_ids"]
+    assert padded.shape[1] % BF16_PAD_MULTIPLE == 0 and padded.shape[1] > plain.shape[1]  # tokens were added
+    with torch.no_grad():
+        torch.testing.assert_close(_rewards(model, tokenizer, prompts, answers, 64, pad_to_multiple_of=16),
+                                   _rewards(model, tokenizer, prompts, answers, 64))
+
+
 @pytest.mark.parametrize("prompt_tokens", [0, 3])
 def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path, monkeypatch,
                                                                     prompt_tokens):
@@ -299,9 +313,9 @@ def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs
 
     read = []
 
-    def encode_and_record(tokenizer, prompts, answers, max_length):
+    def encode_and_record(tokenizer, prompts, answers, max_length, **padding):
         read.extend(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        return encode_pairs(tokenizer, prompts, answers, max_length)
+        return encode_pairs(tokenizer, prompts, answers, max_length, **padding)
 
     monkeypatch.setattr(full, "encode_pairs", encode_and_record)
     cfg = config(encoder, "full", epochs=3, prompt_tokens=prompt_tokens)

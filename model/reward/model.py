@@ -107,20 +107,21 @@ def cut_pair_prompts(tokenizer, pairs: list, prompt_tokens: int) -> list:
     return [dataclasses.replace(p, prompt=prompt) for p, prompt in zip(pairs, prompts)]
 
 
-def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int, prompt_tokens: int = 0):
-    """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens, each prompt
-    cut to its last `prompt_tokens` tokens first when that is set."""
+def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int, prompt_tokens: int = 0,
+                 pad_to_multiple_of: int | None = None):
+    """Tokenize (prompt, answer) text pairs into padded tensors of at most `max_length` tokens (padded on to a
+    multiple of `pad_to_multiple_of` when set), each prompt cut to its last `prompt_tokens` tokens first when
+    that is set."""
     prompts = cut_prompts(tokenizer, prompts, prompt_tokens)
     answers = _truncate_answers(tokenizer, prompts, answers, max_length)
+    padding = {"padding": True, "pad_to_multiple_of": pad_to_multiple_of, "return_tensors": "pt"}
     try:
-        return tokenizer(prompts, answers, truncation="only_first", max_length=max_length,
-                         padding=True, return_tensors="pt")
+        return tokenizer(prompts, answers, truncation="only_first", max_length=max_length, **padding)
     except Exception as exc:  # the Rust tokenizer raises a bare Exception
         if "Truncation error" not in str(exc):
             raise
         # A re-tokenized cut answer came out a token longer than planned: cut both rather than fail.
-        return tokenizer(prompts, answers, truncation="longest_first", max_length=max_length,
-                         padding=True, return_tensors="pt")
+        return tokenizer(prompts, answers, truncation="longest_first", max_length=max_length, **padding)
 
 
 def _mean_pool(hidden, mask):
