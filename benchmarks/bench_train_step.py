@@ -3,11 +3,10 @@ in fp32 and in bf16 autocast, with AdamW's loop (foreach) implementation and its
 mode uses bf16 only where it is native (emulated bf16 is many times slower than fp32) and fused AdamW (the
 loop version's step over MiniLM's 23M weights, most of them the embedding matrix, cost a fifth of a step).
 
-With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, five
+With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, four
 ways: the stock forward in one pass; the mean pooling layer read at the first token only; that in two
-passes over texts of similar length; that with eager attention where the steps run in bf16; and that with each
-pass padded to a multiple of 16 tokens where bf16 (full mode's way since 2026-12-06 08:00 UTC; in fp32 the last
-two ways are the third again).
+passes over texts of similar length; and that with eager attention where the steps run in bf16 (full mode's
+way since 2026-12-05 22:00 UTC; in fp32 it is the third way again).
 
     python benchmarks/bench_train_step.py [--pairs 8] [--tokens 136] [--steps 3] [--threads 2]
     python benchmarks/bench_train_step.py --data PAIRS.jsonl [--prompt-tokens 32] [--steps 20] [--threads 1]
@@ -81,7 +80,7 @@ def main() -> int:
 
 
 def time_real_batches(args) -> int:
-    """Seconds per step (forward, backward, fused AdamW) on the same real batches, five ways."""
+    """Seconds per step (forward, backward, fused AdamW) on the same real batches, four ways."""
     import random
 
     import torch
@@ -89,7 +88,7 @@ def time_real_batches(args) -> int:
     from model.hardware import bf16_pays_off
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
-    from model.reward.full import BF16_PAD_MULTIPLE, _length_batches, _rewards, _training_attention
+    from model.reward.full import _length_batches, _rewards, _training_attention
     from model.reward.model import (cut_pair_prompts, encode_pairs, load_reward_base, load_tokenizer,
                                     resolve_base_model)
     from model.reward.pooling import reward_logits
@@ -105,17 +104,12 @@ def time_real_batches(args) -> int:
     def two_passes(model, tok, p, a):
         return _rewards(model, tok, p, a, max_length, groups=2)
 
-    def two_padded_passes(model, tok, p, a):
-        pad_to = BF16_PAD_MULTIPLE if bf16 else None
-        return _rewards(model, tok, p, a, max_length, groups=2, pad_to_multiple_of=pad_to)
-
     ways = {"stock forward, one pass": (lambda model, tok, p, a: model(
                 **encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
             "pooling layer at the first token, one pass": (lambda model, tok, p, a: reward_logits(
                 model, encode_pairs(tok, p, a, max_length))[:, 0], False),
             "pooling layer at the first token, two passes": (two_passes, False),
-            "the same, eager attention where bf16": (two_passes, True),
-            f"the same, padded to a multiple of {BF16_PAD_MULTIPLE} tokens where bf16": (two_padded_passes, True)}
+            "the same, eager attention where bf16": (two_passes, True)}
     rows = []
     for way, (rewards, eager) in ways.items():
         torch.manual_seed(0)

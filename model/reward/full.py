@@ -18,9 +18,9 @@ from model.reward.pooling import reward_logits
 # Forward passes per training step, each over texts of similar length. On hh-rlhf (the prompt's last 32
 # tokens) one pass pads a step's 16 texts by 32%, two by 21%: a step 8% faster on a CPU; three, no faster.
 FORWARD_GROUPS = 2
-# Training steps in bf16 pad each pass to a multiple of this many tokens: a CPU's bf16 matrix products (AMX
-# tiles of 16 rows) run on whole tiles, and a MiniLM step takes 0.81-0.87x as long on an AMX Xeon; GPUs' tensor
-# cores like multiples of 8 alike. In fp32 on a CPU the extra tokens only cost time (a step 1.03-1.07x).
+# Training steps in bf16 pad each pass to a multiple of this many tokens: a CPU's bf16 matrix products then run
+# on whole AMX tiles (16 rows) and on fewer distinct shapes, and full mode took 0.86-0.88x as long on an AMX
+# Xeon; GPUs' tensor cores like multiples of 8 alike. In fp32 on a CPU the extra tokens only cost (1.03-1.07x).
 BF16_PAD_MULTIPLE = 16
 
 
