@@ -302,6 +302,28 @@ def test_padding_a_steps_passes_to_a_multiple_of_16_tokens_leaves_their_rewards_
                                    _rewards(model, tokenizer, prompts, answers, 64))
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_only(encoder, pairs, tmp_path,
+                                                                                      monkeypatch, bf16):
+    import model.reward.full as full
+
+    widths = []
+
+    def encode_and_record(*args, **padding):
+        enc = encode_pairs(*args, **padding)
+        widths.append(enc["input_ids"].shape[1])
+        return enc
+
+    monkeypatch.setattr(full, "encode_pairs", encode_and_record)  # the training passes' encoder, not scoring's
+    monkeypatch.setattr(full, "bf16_pays_off", lambda device: bf16)  # as on a CPU with (or without) native bf16
+    metrics = train_reward_model(pairs[:60], config(encoder, "full", epochs=1), tmp_path)
+    assert metrics["bf16"] is bf16 and widths
+    if bf16:
+        assert all(w % full.BF16_PAD_MULTIPLE == 0 for w in widths)
+    else:
+        assert any(w % full.BF16_PAD_MULTIPLE for w in widths)
+
+
 @pytest.mark.parametrize("prompt_tokens", [0, 3])
 def test_full_mode_saves_the_best_averaged_point_by_held_out_loss(encoder, pairs, tmp_path, monkeypatch,
                                                                     prompt_tokens):
