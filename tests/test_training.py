@@ -302,9 +302,12 @@ def test_padding_a_steps_passes_to_a_multiple_of_16_tokens_leaves_their_rewards_
                                    _rewards(model, tokenizer, prompts, answers, 64))
 
 
-@pytest.mark.parametrize("bf16", [True, False])
+@pytest.mark.parametrize("bf16, max_length", [(True, 48), (False, 48), (True, 40)])
 def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_only(encoder, pairs, tmp_path,
-                                                                                      monkeypatch, bf16):
+                                                                                      monkeypatch, bf16, max_length):
+    """...and only where max_length is a multiple too, so no pass grows past it (or the model's positions)."""
+    import dataclasses
+
     import model.reward.full as full
 
     widths = []
@@ -316,9 +319,10 @@ def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_o
 
     monkeypatch.setattr(full, "encode_pairs", encode_and_record)  # the training passes' encoder, not scoring's
     monkeypatch.setattr(full, "bf16_pays_off", lambda device: bf16)  # as on a CPU with (or without) native bf16
-    metrics = train_reward_model(pairs[:60], config(encoder, "full", epochs=1), tmp_path)
-    assert metrics["bf16"] is bf16 and widths
-    if bf16:
+    cfg = dataclasses.replace(config(encoder, "full", epochs=1), max_length=max_length)
+    metrics = train_reward_model(pairs[:60], cfg, tmp_path)
+    assert metrics["bf16"] is bf16 and widths and max(widths) <= max_length
+    if bf16 and max_length % full.BF16_PAD_MULTIPLE == 0:
         assert all(w % full.BF16_PAD_MULTIPLE == 0 for w in widths)
     else:
         assert any(w % full.BF16_PAD_MULTIPLE for w in widths)

@@ -195,7 +195,8 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
     served = average.applied if average else nullcontext
     val_weights = pair_weights(val) if val else None
     rng = random.Random(config.seed)
-    pad_to = BF16_PAD_MULTIPLE if bf16 else None
+    # Padded, a pass stays within max_length (and so within the model's positions) only if that is a multiple.
+    pad_to = BF16_PAD_MULTIPLE if bf16 and config.max_length % BF16_PAD_MULTIPLE == 0 else None
 
     best, history, step = None, [], 0
     for epoch in range(epochs):
