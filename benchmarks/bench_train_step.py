@@ -3,10 +3,12 @@ in fp32 and in bf16 autocast, with AdamW's loop (foreach) implementation and its
 mode uses bf16 only where it is native (emulated bf16 is many times slower than fp32) and fused AdamW (the
 loop version's step over MiniLM's 23M weights, most of them the embedding matrix, cost a fifth of a step).
 
-With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, four
+With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, five
 ways: the stock forward in one pass; the mean pooling layer read at the first token only; that in two
-passes over texts of similar length; and that with eager attention where the steps run in bf16 (full mode's
-way since 2026-12-05 22:00 UTC; in fp32 it is the third way again).
+passes over texts of similar length; that with eager attention where the steps run in bf16; and that with each
+pass padded to a multiple of 16 tokens where bf16 (full mode's way since 2026-12-06 09:00 UTC; in fp32 the last
+two ways are the third again). Each way runs in a process of its own: a process compiles a matrix product's
+kernels for each new shape on first use, so a way timed after others would run on the shapes they compiled.
 
     python benchmarks/bench_train_step.py [--pairs 8] [--tokens 136] [--steps 3] [--threads 2]
     python benchmarks/bench_train_step.py --data PAIRS.jsonl [--prompt-tokens 32] [--steps 20] [--threads 1]
@@ -15,12 +17,16 @@ way since 2026-12-05 22:00 UTC; in fp32 it is the third way again).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WAYS = 5  # of timing real batches (time_real_batches)
 
 
 def main() -> int:
@@ -34,6 +40,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="time real batches of these preference pairs (JSONL)")
     parser.add_argument("--prompt-tokens", type=int, help="with --data: each prompt's last N tokens (default: full "
                         "mode's)")
+    parser.add_argument("--way", type=int, help=argparse.SUPPRESS)  # with --data: the child process's own way
     args = parser.parse_args()
     if args.data:
         return time_real_batches(args)
@@ -80,7 +87,10 @@ def main() -> int:
 
 
 def time_real_batches(args) -> int:
-    """Seconds per step (forward, backward, fused AdamW) on the same real batches, four ways."""
+    """Seconds per step (forward, backward, fused AdamW) on the same real batches, five ways, each in a
+    process of its own."""
+    if args.way is None:
+        return compare_ways(args)
     import random
 
     import torch
@@ -88,7 +98,7 @@ def time_real_batches(args) -> int:
     from model.hardware import bf16_pays_off
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
-    from model.reward.full import _length_batches, _rewards, _training_attention
+    from model.reward.full import BF16_PAD_MULTIPLE, _length_batches, _rewards, _training_attention
     from model.reward.model import (cut_pair_prompts, encode_pairs, load_reward_base, load_tokenizer,
                                     resolve_base_model)
     from model.reward.pooling import reward_logits
@@ -99,42 +109,60 @@ def time_real_batches(args) -> int:
     max_length = full.max_length
     base = resolve_base_model(args.base_model)
     pairs = cut_pair_prompts(load_tokenizer(base), read_pairs(args.data), full.prompt_tokens)
-    batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]  # the same for each way
+    batches = _length_batches(pairs, args.pairs, random.Random(0))[:args.steps + 1]  # the same in each process
 
     def two_passes(model, tok, p, a):
         return _rewards(model, tok, p, a, max_length, groups=2)
+
+    def two_padded_passes(model, tok, p, a):
+        pad_to = BF16_PAD_MULTIPLE if bf16 else None
+        return _rewards(model, tok, p, a, max_length, groups=2, pad_to_multiple_of=pad_to)
 
     ways = {"stock forward, one pass": (lambda model, tok, p, a: model(
                 **encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
             "pooling layer at the first token, one pass": (lambda model, tok, p, a: reward_logits(
                 model, encode_pairs(tok, p, a, max_length))[:, 0], False),
             "pooling layer at the first token, two passes": (two_passes, False),
-            "the same, eager attention where bf16": (two_passes, True)}
+            "the same, eager attention where bf16": (two_passes, True),
+            "the same, padded to a multiple of 16 tokens where bf16": (two_padded_passes, True)}
+    way, (rewards, eager) = list(ways.items())[args.way]
+    torch.manual_seed(0)
+    model, tok, _ = load_reward_base(base, "mean")  # each way starts from the same weights
+    model.train(False)  # full mode trains without dropout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    seconds = []
+    for chunk in batches:
+        started = time.perf_counter()
+        attention = _training_attention(model, eager and bf16)
+        with attention, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            r = rewards(model, tok, [p.prompt for p in chunk] * 2,
+                        [p.chosen for p in chunk] + [p.rejected for p in chunk]).float()
+        loss = -torch.nn.functional.logsigmoid(r[:len(chunk)] - r[len(chunk):]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    print(json.dumps({"way": way, "seconds": statistics.mean(seconds[1:]),  # the first step warms up
+                      "about": f"each prompt's last {full.prompt_tokens} tokens, {args.threads} threads, "
+                               f"{'bf16 autocast' if bf16 else 'fp32'}, torch {torch.__version__}"}))
+    return 0
+
+
+def compare_ways(args) -> int:
+    """Runs each way in a child process (this script with --way) and prints their table."""
     rows = []
-    for way, (rewards, eager) in ways.items():
-        torch.manual_seed(0)
-        model, tok, _ = load_reward_base(base, "mean")  # each way starts from the same weights
-        model.train(False)  # full mode trains without dropout
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-        seconds = []
-        for chunk in batches:
-            started = time.perf_counter()
-            attention = _training_attention(model, eager and bf16)
-            with attention, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                r = rewards(model, tok, [p.prompt for p in chunk] * 2,
-                            [p.chosen for p in chunk] + [p.rejected for p in chunk]).float()
-            loss = -torch.nn.functional.logsigmoid(r[:len(chunk)] - r[len(chunk):]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            seconds.append(time.perf_counter() - started)
-        rows.append((way, statistics.mean(seconds[1:])))  # the first step warms up
-    print(f"\n{args.base_model}, {args.steps} real batches of {args.pairs} pairs from {args.data.name}, each prompt's "
-          f"last {full.prompt_tokens} tokens, {args.threads} threads, {'bf16 autocast' if bf16 else 'fp32'}, "
-          f"torch {torch.__version__}\n")
+    for way in range(WAYS):
+        command = [sys.executable, __file__, "--data", str(args.data), "--way", str(way), "--steps", str(args.steps),
+                   "--pairs", str(args.pairs), "--threads", str(args.threads), "--base-model", args.base_model]
+        if args.prompt_tokens is not None:
+            command += ["--prompt-tokens", str(args.prompt_tokens)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"\n{args.base_model}, {args.steps} real batches of {args.pairs} pairs from {args.data.name}, "
+          f"{rows[0]['about']}, each way in a process of its own\n")
     print("| forward | seconds a step | relative |\n|---|---|---|")
-    for way, step in rows:
-        print(f"| {way} | {step:.3f} | {step / rows[0][1]:.2f}x |")
+    for row in rows:
+        print(f"| {row['way']} | {row['seconds']:.3f} | {row['seconds'] / rows[0]['seconds']:.2f}x |")
     return 0
 
 

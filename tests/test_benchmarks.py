@@ -129,7 +129,7 @@ def test_compare_runs_joins_test_slices_into_one_run_per_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_step_times_real_batches_four_ways(tmp_path):
+def test_bench_train_step_times_real_batches_five_ways_each_in_its_own_process(tmp_path):
     data = tmp_path / "hh.jsonl"
     data.write_text("\n".join(hh_style_lines(40)) + "\n")
     command = [sys.executable, "benchmarks/bench_train_step.py", "--data", str(data), "--steps", "2",
@@ -140,8 +140,9 @@ def test_bench_train_step_times_real_batches_four_ways(tmp_path):
     assert [row.split(" | ")[0] for row in rows] == ["| stock forward, one pass",
                                                      "| pooling layer at the first token, one pass",
                                                      "| pooling layer at the first token, two passes",
-                                                     "| the same, eager attention where bf16"]
-    assert "last 4 tokens" in done.stdout
+                                                     "| the same, eager attention where bf16",
+                                                     "| the same, padded to a multiple of 16 tokens where bf16"]
+    assert "last 4 tokens" in done.stdout and "each way in a process of its own" in done.stdout
 
 
 def test_the_second_held_out_slice_is_the_first_lines_and_trains_on_the_rest(tmp_path):
