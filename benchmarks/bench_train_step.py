@@ -26,7 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WAYS = 5  # of timing real batches (time_real_batches)
+WAYS = ("stock forward, one pass", "pooling layer at the first token, one pass",  # of timing real batches
+        "pooling layer at the first token, two passes", "the same, eager attention where bf16",
+        "the same, padded to a multiple of 16 tokens where bf16")
 
 
 def main() -> int:
@@ -98,7 +100,7 @@ def time_real_batches(args) -> int:
     from model.hardware import bf16_pays_off
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
-    from model.reward.full import BF16_PAD_MULTIPLE, _length_batches, _rewards, _training_attention
+    from model.reward.full import _length_batches, _pad_multiple, _rewards, _training_attention
     from model.reward.model import (cut_pair_prompts, encode_pairs, load_reward_base, load_tokenizer,
                                     resolve_base_model)
     from model.reward.pooling import reward_logits
@@ -115,17 +117,12 @@ def time_real_batches(args) -> int:
         return _rewards(model, tok, p, a, max_length, groups=2)
 
     def two_padded_passes(model, tok, p, a):
-        pad_to = BF16_PAD_MULTIPLE if bf16 else None
-        return _rewards(model, tok, p, a, max_length, groups=2, pad_to_multiple_of=pad_to)
+        return _rewards(model, tok, p, a, max_length, groups=2, pad_to_multiple_of=_pad_multiple(bf16, max_length))
 
-    ways = {"stock forward, one pass": (lambda model, tok, p, a: model(
-                **encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
-            "pooling layer at the first token, one pass": (lambda model, tok, p, a: reward_logits(
-                model, encode_pairs(tok, p, a, max_length))[:, 0], False),
-            "pooling layer at the first token, two passes": (two_passes, False),
-            "the same, eager attention where bf16": (two_passes, True),
-            "the same, padded to a multiple of 16 tokens where bf16": (two_padded_passes, True)}
-    way, (rewards, eager) = list(ways.items())[args.way]
+    ways = [(lambda model, tok, p, a: model(**encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
+            (lambda model, tok, p, a: reward_logits(model, encode_pairs(tok, p, a, max_length))[:, 0], False),
+            (two_passes, False), (two_passes, True), (two_padded_passes, True)]  # in WAYS' order
+    way, (rewards, eager) = WAYS[args.way], ways[args.way]
     torch.manual_seed(0)
     model, tok, _ = load_reward_base(base, "mean")  # each way starts from the same weights
     model.train(False)  # full mode trains without dropout
@@ -151,7 +148,7 @@ def time_real_batches(args) -> int:
 def compare_ways(args) -> int:
     """Runs each way in a child process (this script with --way) and prints their table."""
     rows = []
-    for way in range(WAYS):
+    for way in range(len(WAYS)):
         command = [sys.executable, __file__, "--data", str(args.data), "--way", str(way), "--steps", str(args.steps),
                    "--pairs", str(args.pairs), "--threads", str(args.threads), "--base-model", args.base_model]
         if args.prompt_tokens is not None:

@@ -298,7 +298,8 @@ def test_padding_a_steps_passes_to_a_multiple_of_16_tokens_leaves_their_rewards_
     plain = encode_pairs(tokenizer, prompts, answers, 64)["input_ids"]
     assert padded.shape[1] % BF16_PAD_MULTIPLE == 0 and padded.shape[1] > plain.shape[1]  # tokens were added
     with torch.no_grad():
-        torch.testing.assert_close(_rewards(model, tokenizer, prompts, answers, 64, pad_to_multiple_of=16),
+        torch.testing.assert_close(_rewards(model, tokenizer, prompts, answers, 64,
+                                            pad_to_multiple_of=BF16_PAD_MULTIPLE),
                                    _rewards(model, tokenizer, prompts, answers, 64))
 
 

@@ -24,6 +24,12 @@ FORWARD_GROUPS = 2
 BF16_PAD_MULTIPLE = 16
 
 
+def _pad_multiple(bf16: bool, max_length: int) -> int | None:
+    """What a training pass pads its length to a multiple of: BF16_PAD_MULTIPLE in bf16, where max_length is a
+    multiple too (else a padded pass could grow past it, and past the model's positions); None otherwise."""
+    return BF16_PAD_MULTIPLE if bf16 and max_length % BF16_PAD_MULTIPLE == 0 else None
+
+
 def _freeze_lower_layers(model, train_layers: int | None) -> None:
     if train_layers is None:
         return
@@ -195,8 +201,7 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
     served = average.applied if average else nullcontext
     val_weights = pair_weights(val) if val else None
     rng = random.Random(config.seed)
-    # Padded, a pass stays within max_length (and so within the model's positions) only if that is a multiple.
-    pad_to = BF16_PAD_MULTIPLE if bf16 and config.max_length % BF16_PAD_MULTIPLE == 0 else None
+    pad_to = _pad_multiple(bf16, config.max_length)
 
     best, history, step = None, [], 0
     for epoch in range(epochs):
