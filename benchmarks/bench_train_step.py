@@ -6,9 +6,10 @@ loop version's step over MiniLM's 23M weights, most of them the embedding matrix
 With --data (hh-rlhf pairs), it times whole steps on real batches instead, as full mode forms them, five
 ways: the stock forward in one pass; the mean pooling layer read at the first token only; that in two
 passes over texts of similar length; that with eager attention where the steps run in bf16; and that with each
-pass padded to a multiple of 16 tokens where bf16 (full mode's way since 2026-12-06 09:00 UTC; in fp32 the last
-two ways are the third again). Each way runs in a process of its own: a process compiles a matrix product's
-kernels for each new shape on first use, so a way timed after others would run on the shapes they compiled.
+pass padded to a multiple of 16 tokens where bf16, AMX or not (full mode's way since 2026-12-06 09:00 UTC, and
+since 12:30 only where bf16 runs on AMX tiles or a GPU; in fp32 the last two ways are the third again). Each
+way runs in a process of its own: a process compiles a matrix product's kernels for each new shape on first
+use, so a way timed after others would run on the shapes they compiled.
 
     python benchmarks/bench_train_step.py [--pairs 8] [--tokens 136] [--steps 3] [--threads 2]
     python benchmarks/bench_train_step.py --data PAIRS.jsonl [--prompt-tokens 32] [--steps 20] [--threads 1]
@@ -97,7 +98,7 @@ def time_real_batches(args) -> int:
 
     import torch
 
-    from model.hardware import bf16_pays_off
+    from model.hardware import bf16_pays_off, bf16_runs_on_tiles
     from model.pairs import read_pairs
     from model.reward.config import TrainConfig
     from model.reward.full import _length_batches, _pad_multiple, _rewards, _training_attention
@@ -106,7 +107,8 @@ def time_real_batches(args) -> int:
     from model.reward.pooling import reward_logits
 
     torch.set_num_threads(args.threads)
-    bf16 = bf16_pays_off(torch.device("cpu"))
+    device = torch.device("cpu")
+    bf16 = bf16_pays_off(device)
     full = TrainConfig(mode="full", prompt_tokens=args.prompt_tokens)
     max_length = full.max_length
     base = resolve_base_model(args.base_model)
@@ -116,7 +118,7 @@ def time_real_batches(args) -> int:
     def two_passes(model, tok, p, a):
         return _rewards(model, tok, p, a, max_length, groups=2)
 
-    def two_padded_passes(model, tok, p, a):
+    def two_padded_passes(model, tok, p, a):  # padded wherever bf16 runs, AMX or not: what padding does here
         return _rewards(model, tok, p, a, max_length, groups=2, pad_to_multiple_of=_pad_multiple(bf16, max_length))
 
     ways = [(lambda model, tok, p, a: model(**encode_pairs(tok, p, a, max_length)).logits[:, 0], False),
@@ -141,7 +143,8 @@ def time_real_batches(args) -> int:
         seconds.append(time.perf_counter() - started)
     print(json.dumps({"way": way, "seconds": statistics.mean(seconds[1:]),  # the first step warms up
                       "about": f"each prompt's last {full.prompt_tokens} tokens, {args.threads} threads, "
-                               f"{'bf16 autocast' if bf16 else 'fp32'}, torch {torch.__version__}"}))
+                               f"{'bf16 autocast' if bf16 else 'fp32'}, AMX tiles: {bf16_runs_on_tiles(device)}, "
+                               f"torch {torch.__version__}"}))
     return 0
 
 

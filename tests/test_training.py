@@ -303,9 +303,20 @@ def test_padding_a_steps_passes_to_a_multiple_of_16_tokens_leaves_their_rewards_
                                    _rewards(model, tokenizer, prompts, answers, 64))
 
 
-@pytest.mark.parametrize("bf16, max_length", [(True, 48), (False, 48), (True, 40)])
-def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_only(encoder, pairs, tmp_path,
-                                                                                      monkeypatch, bf16, max_length):
+@pytest.mark.parametrize("flags, device, tiles", [("avx512f avx512_bf16 amx_bf16 amx_tile", "cpu", True),
+                                                  ("avx512f avx512_bf16 avx512_fp16", "cpu", False),
+                                                  ("", "cuda", True)])
+def test_bf16_runs_on_tiles_on_amx_cpus_and_gpus_only(monkeypatch, flags, device, tiles):
+    import model.hardware as hardware
+
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: f"flags\t\t: fpu sse2 {flags}\n")
+    assert hardware.bf16_runs_on_tiles(torch.device(device)) is tiles
+
+
+@pytest.mark.parametrize("bf16, tiles, max_length", [(True, True, 48), (False, True, 48), (True, False, 48),
+                                                    (True, True, 40)])
+def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_on_tiles_only(
+        encoder, pairs, tmp_path, monkeypatch, bf16, tiles, max_length):
     """...and only where max_length is a multiple too, so no pass grows past it (or the model's positions)."""
     import dataclasses
 
@@ -320,10 +331,11 @@ def test_full_mode_pads_its_training_passes_to_a_multiple_of_16_tokens_in_bf16_o
 
     monkeypatch.setattr(full, "encode_pairs", encode_and_record)  # the training passes' encoder, not scoring's
     monkeypatch.setattr(full, "bf16_pays_off", lambda device: bf16)  # as on a CPU with (or without) native bf16
+    monkeypatch.setattr(full, "bf16_runs_on_tiles", lambda device: tiles)  # ... and with (or without) AMX
     cfg = dataclasses.replace(config(encoder, "full", epochs=1), max_length=max_length)
     metrics = train_reward_model(pairs[:60], cfg, tmp_path)
     assert metrics["bf16"] is bf16 and widths and max(widths) <= max_length
-    if bf16 and max_length % full.BF16_PAD_MULTIPLE == 0:
+    if bf16 and tiles and max_length % full.BF16_PAD_MULTIPLE == 0:
         assert all(w % full.BF16_PAD_MULTIPLE == 0 for w in widths)
     else:
         assert any(w % full.BF16_PAD_MULTIPLE for w in widths)

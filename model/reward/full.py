@@ -1,6 +1,7 @@
 """Full mode: fine-tune every encoder layer (or the top `train_layers`) without dropout, in bf16 autocast
-where bf16 is native (with eager attention on a CPU, each pass padded to a multiple of 16 tokens), and save a
-moving average of the weights, averaged again over `members` runs."""
+where bf16 is native (with eager attention on a CPU, and each pass padded to a multiple of 16 tokens where the
+products run on tiles: AMX, tensor cores), and save a moving average of the weights, averaged again over
+`members` runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import random
 from contextlib import contextmanager, nullcontext
 
-from model.hardware import bf16_pays_off
+from model.hardware import bf16_pays_off, bf16_runs_on_tiles
 from model.reward.calibration import calibrated_loss
 from model.reward.model import RewardModel, batches_by_length, encode_pairs
 from model.reward.objective import bt_loss, margin_loss, pair_weights
@@ -18,16 +19,18 @@ from model.reward.pooling import reward_logits
 # Forward passes per training step, each over texts of similar length. On hh-rlhf (the prompt's last 32
 # tokens) one pass pads a step's 16 texts by 32%, two by 21%: a step 8% faster on a CPU; three, no faster.
 FORWARD_GROUPS = 2
-# Training steps in bf16 pad each pass to a multiple of this many tokens: a CPU's bf16 matrix products then run
-# on whole AMX tiles (16 rows) and on fewer distinct shapes, and full mode took 0.86-0.88x as long on an AMX
-# Xeon; GPUs' tensor cores like multiples of 8 alike. In fp32 on a CPU the extra tokens only cost (1.03-1.07x).
+# Training steps in bf16 on tile units pad each pass to a multiple of this many tokens: a CPU's bf16 matrix
+# products then run on whole AMX tiles (16 rows) and on fewer distinct shapes, and full mode took 0.86-0.88x as
+# long on an AMX Xeon; GPUs' tensor cores like multiples of 8 alike. Elsewhere the extra tokens only cost:
+# 1.00-1.02x in bf16 on a Xeon whose AMX was hidden (AVX-512 bf16 only), 1.03-1.07x in fp32 (BENCHMARKS.md).
 BF16_PAD_MULTIPLE = 16
 
 
-def _pad_multiple(bf16: bool, max_length: int) -> int | None:
-    """What a training pass pads its length to a multiple of: BF16_PAD_MULTIPLE in bf16, where max_length is a
-    multiple too (else a padded pass could grow past it, and past the model's positions); None otherwise."""
-    return BF16_PAD_MULTIPLE if bf16 and max_length % BF16_PAD_MULTIPLE == 0 else None
+def _pad_multiple(tiles: bool, max_length: int) -> int | None:
+    """What a training pass pads its length to a multiple of: BF16_PAD_MULTIPLE where it runs in bf16 on tile
+    units (`tiles`) and max_length is a multiple too (else a padded pass could grow past it, and past the model's
+    positions); None otherwise."""
+    return BF16_PAD_MULTIPLE if tiles and max_length % BF16_PAD_MULTIPLE == 0 else None
 
 
 def _freeze_lower_layers(model, train_layers: int | None) -> None:
@@ -201,7 +204,7 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
     served = average.applied if average else nullcontext
     val_weights = pair_weights(val) if val else None
     rng = random.Random(config.seed)
-    pad_to = _pad_multiple(bf16, config.max_length)
+    pad_to = _pad_multiple(bf16 and bf16_runs_on_tiles(device), config.max_length)
 
     best, history, step = None, [], 0
     for epoch in range(epochs):
