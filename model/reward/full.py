@@ -142,9 +142,7 @@ def _distillation_targets(scorer, train, val_margins, val_weights, weight: float
     import torch
 
     t = fit_temperature(val_margins, val_weights) if val_margins else 1.0
-    r = torch.tensor(scorer.rewards([p.prompt for p in train] * 2,
-                                    [p.chosen for p in train] + [p.rejected for p in train]), dtype=torch.float64)
-    p_chosen = torch.sigmoid((r[:len(train)] - r[len(train):]) / t)
+    p_chosen = torch.sigmoid(torch.tensor(_pair_margins(scorer, train)[0], dtype=torch.float64) / t)
     return {id(p): (1 - weight) + weight * q for p, q in zip(train, p_chosen.tolist())}
 
 
