@@ -112,8 +112,7 @@ def train_command(args, settings: Settings) -> int:
             prompt_tokens=args.prompt_tokens, epochs=args.epochs,
             learning_rate=args.learning_rate, batch_size=args.batch_size, train_layers=args.train_layers,
             seed=args.seed, val_fraction=args.val_fraction, members=args.members, folds=args.folds,
-            bf16=False if args.no_bf16 else None, dropout=args.dropout or None, calibrate=args.calibrate,
-            self_distillation=args.self_distillation)
+            bf16=False if args.no_bf16 else None, dropout=args.dropout or None, calibrate=args.calibrate)
     except ValueError as exc:  # options that do not go together, e.g. --prompt-tokens in fast mode
         raise ConfigError(str(exc)) from None
     if args.average_epochs is not None:  # 0 asks for None (the last weights), so it cannot go in as an override
@@ -270,12 +269,6 @@ def register(subparsers) -> None:
     p.add_argument("--average-epochs", type=float, metavar="N",
                    help="full mode: save a moving average of the weights over about N epochs (default 0.7; "
                         "0: the last weights)")
-    p.add_argument("--self-distillation", type=float, metavar="W",
-                   help="full mode: after the first epoch, train each pair toward (1 - W) x its label + W x the "
-                        "probability the model (its weight average) gave it at the previous epoch's end, "
-                        "calibrated on the held-out pairs (default 0.5: on hh-rlhf 0.4 points more accurate over "
-                        "four seeds on three test slices, for one more forward pass over the training pairs, about "
-                        "a tenth more time; 0: the labels alone)")
     p.add_argument("--members", type=positive_int, metavar="N",
                    help="full mode: fine-tune N times from the same start (each with its own data order) and "
                         "save the average of their weights (WARM; N times the time; default: TRAIN_MEMBERS, 1)")

@@ -92,8 +92,6 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
                          patience=args.fast_patience)  # fast mode's early stop; full mode has none
     if mode == "full" and args.average_epochs:
         config = dataclasses.replace(config, average_epochs=args.average_epochs)
-    if mode == "full" and args.self_distillation is not None:
-        config = dataclasses.replace(config, self_distillation=args.self_distillation)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
     last = [0.0]
 
@@ -208,8 +206,7 @@ def section_full(train, test, args, work, results):
                 "batch_size": m["batch_size"], "prompt_tokens": m["prompt_tokens"],
                 "pooling": m["pooling"], "n_train": m["n_train"], "best_epoch": m["best_epoch"],
                 "members": m["members"], "bf16": m["bf16"],
-                "average_epochs": m["average_epochs"],
-                "self_distillation": m["self_distillation"], "val_accuracy": m["val_accuracy"],
+                "average_epochs": m["average_epochs"], "val_accuracy": m["val_accuracy"],
                 "val_loss": m["val_loss"], "temperature": m.get("temperature"), **scored}
 
     per_seed("full", results, args, run_one)
@@ -288,8 +285,6 @@ def main() -> int:
     parser.add_argument("--train-layers", type=int, default=None, help="full mode: fine-tune only the top N layers")
     parser.add_argument("--average-epochs", type=float, default=None,
                         help="full mode: horizon of the weights' moving average in epochs (default: TrainConfig's)")
-    parser.add_argument("--self-distillation", type=float, default=None, metavar="W",
-                        help="full mode's self-distillation weight (default: TrainConfig's; 0: the labels alone)")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                         help="comma-separated seeds: TRL and full mode train once per seed, and the table adds "
                              "the mean gap between them (default 0)")

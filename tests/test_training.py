@@ -392,9 +392,7 @@ def test_full_mode_compares_points_by_the_calibrated_held_out_loss_when_it_calib
         return [size if i % 10 < right_of_10 else -size for i in range(len(scored_pairs))], rewards
 
     monkeypatch.setattr(full, "_pair_margins", scripted)
-    # Without self-distillation, whose pass over the training pairs would take one of the scripted turns.
-    cfg = config(encoder, "full", epochs=2, calibrate=calibrate, self_distillation=0.0)
-    metrics = train_reward_model(pairs[:120], cfg, tmp_path)
+    metrics = train_reward_model(pairs[:120], config(encoder, "full", epochs=2, calibrate=calibrate), tmp_path)
     first, second = metrics["history"]
     assert first["val_loss"] < second["val_loss"]
     if calibrate:
@@ -488,61 +486,6 @@ def test_full_mode_trains_without_dropout_unless_asked(encoder, pairs, tmp_path,
     assert (epoch_loss == pytest.approx(served_loss, abs=1e-6)) != dropout
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.5])
-def test_full_mode_trains_toward_its_own_calibrated_predictions_after_the_first_epoch(encoder, pairs, tmp_path,
-                                                                                     monkeypatch, weight):
-    """Self-distillation: the first epoch trains on the labels; each later one toward targets mixed from the
-    label and the model's calibrated P(chosen) at the previous epoch's end, fixed for that epoch."""
-    import model.reward.full as full
-
-    seen, made = [], []
-    real_loss, real_targets = full.bt_loss, full._distillation_targets
-
-    def recording_loss(chosen, rejected, config, weights=None, targets=None):
-        seen.append(targets)
-        return real_loss(chosen, rejected, config, weights, targets)
-
-    def recording_targets(*args):
-        made.append(real_targets(*args))
-        return made[-1]
-
-    monkeypatch.setattr(full, "bt_loss", recording_loss)
-    monkeypatch.setattr(full, "_distillation_targets", recording_targets)
-    metrics = train_reward_model(pairs[:120], config(encoder, "full", epochs=3, self_distillation=weight), tmp_path)
-    per_epoch = len(seen) // 3
-    assert metrics["self_distillation"] == weight and len(seen) == 3 * per_epoch
-    assert all(t is None for t in seen[:per_epoch])
-    if not weight:
-        assert not made and all(t is None for t in seen)
-        return
-    assert len(made) == 2  # after epochs 1 and 2, not after the last
-    for epoch, targets in ((1, made[0]), (2, made[1])):
-        used = torch.cat(seen[epoch * per_epoch:(epoch + 1) * per_epoch])
-        assert len(used) == metrics["n_train"]
-        assert sorted(used.tolist()) == pytest.approx(sorted(targets.values()))
-        assert 0.5 < used.min() < used.max() < 1.0  # each pair its own, between 1 - weight and 1
-    assert made[0] != made[1]
-
-
-def test_distillation_targets_mix_the_label_with_the_calibrated_probability():
-    from model.reward.calibration import fit_temperature
-    from model.reward.full import _distillation_targets
-
-    class Scorer:  # rewards of two pairs: chosen 2 and 0, rejected 0 and 2
-        def rewards(self, prompts, answers):
-            return [2.0, 0.0, 0.0, 2.0]
-
-    train = [PreferencePair("p", "a", "b"), PreferencePair("q", "c", "d")]
-    sigmoid = lambda x: 1 / (1 + torch.exp(torch.tensor(-x))).item()  # noqa: E731
-    targets = _distillation_targets(Scorer(), train, None, None, 0.25)  # no held-out pairs: temperature 1
-    assert [targets[id(p)] for p in train] == pytest.approx([0.75 + 0.25 * sigmoid(2), 0.75 + 0.25 * sigmoid(-2)])
-    held_out = [3.0] * 6 + [-3.0] * 4  # overconfident: a temperature above 1
-    t = fit_temperature(held_out)
-    assert t > 1
-    targets = _distillation_targets(Scorer(), train, held_out, None, 1.0)
-    assert [targets[id(p)] for p in train] == pytest.approx([sigmoid(2 / t), sigmoid(-2 / t)])
-
-
 def test_bt_loss_is_the_weighted_mean_over_pairs():
     from model.reward.objective import bt_loss, margin_loss
 
@@ -555,13 +498,6 @@ def test_bt_loss_is_the_weighted_mean_over_pairs():
     expected = (per_pair * weights).sum() / weights.sum()
     assert bt_loss(chosen, rejected, cfg, weights).item() == pytest.approx(expected.item(), abs=1e-7)
     assert margin_loss((chosen - rejected).tolist(), cfg, weights) == pytest.approx(expected.item(), abs=1e-6)
-    # Toward soft targets t: the cross-entropy t x -log sigmoid(m) + (1 - t) x -log sigmoid(-m); t = 1 is the above.
-    assert bt_loss(chosen, rejected, cfg, targets=torch.ones(3)).item() == pytest.approx(per_pair.mean().item())
-    t = torch.tensor([0.9, 0.6, 0.75])
-    m = chosen - rejected
-    soft = t * -torch.nn.functional.logsigmoid(m) + (1 - t) * -torch.nn.functional.logsigmoid(-m)
-    expected_soft = (soft * weights).sum() / weights.sum()
-    assert bt_loss(chosen, rejected, cfg, weights, t).item() == pytest.approx(expected_soft.item())
     with pytest.raises(ValueError, match="positive weight"):
         train_reward_model([PreferencePair("p", "a", "b", weight=0.0)], TrainConfig(), "/nonexistent")
 

@@ -39,9 +39,6 @@ class TrainConfig:
     #                                     prompts, and save their weight average (1: one head, val_fraction held out)
     members: int = 1                  # full mode: fine-tune this many times from one start (own data orders)
     #                                     and save the members' weight average (WARM); N times the time
-    self_distillation: float = 0.5    # full mode: after the first epoch, train each pair toward (1 - w) x its label
-    #                                     + w x P(chosen) of the model served at the previous epoch's end,
-    #                                     calibrated on the held-out pairs (0: the labels alone)
     dropout: bool = False             # full mode: fine-tune with the encoder's dropout on (TRL turns it off)
     bf16: bool = True                 # full mode: bf16 autocast where native (~2x on AVX-512 bf16 CPUs)
     eval_batch_size: int = 32
@@ -55,8 +52,6 @@ class TrainConfig:
         if self.mode == "fast" and self.prompt_tokens:
             raise ValueError("fast mode reads the whole prompt (its frozen features lose accuracy when the prompt "
                              "is cut); prompt_tokens is a full-mode setting")
-        if not 0 <= self.self_distillation <= 1:
-            raise ValueError(f"self_distillation is a weight from 0 to 1, not {self.self_distillation}")
         if self.folds < 1:
             raise ValueError(f"folds must be at least 1, not {self.folds}")
         for name, default in MODE_DEFAULTS[self.mode].items():  # None: this mode's default

@@ -1,8 +1,7 @@
 """Full mode: fine-tune every encoder layer (or the top `train_layers`) without dropout, in bf16 autocast
 where bf16 is native (with eager attention on a CPU, and each pass padded to a multiple of 16 tokens where the
-products run on tiles: AMX, tensor cores), each epoch after the first trained toward targets softened by the
-model's own calibrated predictions, and save a moving average of the weights, averaged again over `members`
-runs."""
+products run on tiles: AMX, tensor cores), and save a moving average of the weights, averaged again over
+`members` runs."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import random
 from contextlib import contextmanager, nullcontext
 
 from model.hardware import bf16_pays_off, bf16_runs_on_tiles
-from model.reward.calibration import calibrated_loss, fit_temperature
+from model.reward.calibration import calibrated_loss
 from model.reward.model import RewardModel, batches_by_length, encode_pairs
 from model.reward.objective import bt_loss, margin_loss, pair_weights
 from model.reward.pooling import reward_logits
@@ -132,20 +131,6 @@ def _pair_margins(scorer, pairs) -> tuple[list, list]:
     return [c - x for c, x in zip(r[:len(pairs)], r[len(pairs):])], r
 
 
-def _distillation_targets(scorer, train, val_margins, val_weights, weight: float) -> dict:
-    """Each training pair's target for the next epoch, by id: (1 - weight) x its label (1) + weight x P(chosen)
-    under the model as it is now, its margins divided by the temperature the held-out margins call for (1
-    without held-out pairs). Self-distillation: a pair the model finds ambiguous, or judges against its label
-    (hh-rlhf's annotators often disagree), pulls less toward an ever larger margin. It costs one forward pass
-    over the training pairs (a tenth more time for two epochs) and scored 0.4 points higher over three test
-    slices, higher on 9 of 12 seed-slices (BENCHMARKS.md)."""
-    import torch
-
-    t = fit_temperature(val_margins, val_weights) if val_margins else 1.0
-    p_chosen = torch.sigmoid(torch.tensor(_pair_margins(scorer, train)[0], dtype=torch.float64) / t)
-    return {id(p): (1 - weight) + weight * q for p, q in zip(train, p_chosen.tolist())}
-
-
 def train_full(model, tokenizer, train, val, config, progress, out):
     """Fine-tune `config.members` times from one initialisation (the same head too), each with its own
     data order, and save the average of the members' kept weights (WARM: fine-tunes from a shared start
@@ -177,7 +162,7 @@ def train_full(model, tokenizer, train, val, config, progress, out):
         runs.append(run)
     epochs = [r["epoch"] for r in runs]
     out.update(best_epoch=epochs[0] if members == 1 else epochs, average_epochs=config.average_epochs,
-               self_distillation=config.self_distillation, dropout=config.dropout, members=members, bf16=bf16)
+               dropout=config.dropout, members=members, bf16=bf16)
     if members == 1 and val:  # the kept point was scored on the held-out pairs already
         return history, *runs[0]["scored"]
     if members > 1:
@@ -222,7 +207,6 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
     pad_to = _pad_multiple(bf16 and bf16_runs_on_tiles(device), config.max_length)
 
     best, history, step = None, [], 0
-    targets = None  # from the second epoch on with self-distillation: {id(pair): P(chosen) to train toward}
     for epoch in range(epochs):
         total, seen = 0.0, 0
         for chunk in _length_batches(train, batch, rng):
@@ -233,8 +217,7 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
                              [p.chosen for p in chunk] + [p.rejected for p in chunk], config.max_length,
                              pad_to_multiple_of=pad_to).float()
             weights = pair_weights(chunk).to(device)
-            soft = torch.tensor([targets[id(p)] for p in chunk], device=device) if targets else None
-            loss = bt_loss(r[:len(chunk)], r[len(chunk):], config, weights, soft)
+            loss = bt_loss(r[:len(chunk)], r[len(chunk):], config, weights)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -254,10 +237,6 @@ def _fine_tune(model, tokenizer, train, val, config, progress, scorer, bf16: boo
                 entry["val_loss"] = margin_loss(scored[0], config, val_weights)
                 if config.calibrate:  # the saved model will be calibrated: compare the points as it will serve
                     entry["val_loss_calibrated"] = calibrated_loss(scored[0], val_weights)
-            if config.self_distillation and epoch < epochs - 1:
-                progress(0.95 * step / steps, f"epoch {epoch + 1}/{epochs}: scoring the training pairs")
-                targets = _distillation_targets(scorer, train, scored[0] if val else None, val_weights,
-                                                config.self_distillation)
             score = entry.get("val_loss_calibrated", entry.get("val_loss", entry["train_loss"]))
             if best is None or score < best["score"]:
                 best = {"score": score, "epoch": entry["epoch"], "val_loss": entry.get("val_loss"), "scored": scored,

@@ -15,15 +15,10 @@ def _weighted_mean(values, weights):
     return (values * weights).sum() / weights.sum()
 
 
-def bt_loss(chosen, rejected, config: TrainConfig, weights=None, targets=None):
-    """`targets`: each pair's probability that its chosen answer is the better one, to train toward (None: 1,
-    the label itself); the loss is then the cross-entropy against it."""
+def bt_loss(chosen, rejected, config: TrainConfig, weights=None):
     import torch.nn.functional as F
 
-    margins = chosen - rejected - config.margin
-    per_pair = -F.logsigmoid(margins) if targets is None else \
-        F.binary_cross_entropy_with_logits(margins, targets.to(margins), reduction="none")
-    loss = _weighted_mean(per_pair, weights)
+    loss = _weighted_mean(-F.logsigmoid(chosen - rejected - config.margin), weights)
     if config.center_rewards_coefficient:
         loss = loss + config.center_rewards_coefficient * _weighted_mean((chosen + rejected) ** 2, weights)
     return loss
