@@ -122,17 +122,26 @@ def project_pairs(tasks: list[dict], fields: TaskFields | RankerFields) -> list[
     return pairs_from_tasks(tasks, fields)
 
 
-def pair_features(pairs, base_model: str, max_length: int, pooling: str, cache_dir=None):
-    """Fast-mode features (frozen encoder, first token) of each pair's chosen and rejected answer, through
-    training's FeatureCache: with training's cache folder, pairs it has seen cost nothing."""
+def pair_features(pairs, config, cache_dir=None):
+    """Fast-mode features (the frozen base's, as `config` reads it) of each pair's chosen and rejected answer,
+    through training's FeatureCache: with training's cache folder, pairs it has seen cost nothing."""
+    from model.reward.config import is_decoder_base
     from model.reward.features import FeatureCache
     from model.reward.model import load_reward_base, resolve_base_model
 
-    base = resolve_base_model(base_model)
-    model, tokenizer, pooling = load_reward_base(base, pooling)
-    feats, _ = FeatureCache(base, max_length, pooling, cache_dir).compute(
-        model, tokenizer, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
-        max_length, 32, lambda fraction, message: None)
+    prompts, answers = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    if is_decoder_base(config.base_model):
+        from model.reward.decoder import load_decoder_base, open_feature_cache
+
+        scorer = load_decoder_base(config.base_model, cache_dir, config.max_length, config.prompt_tokens,
+                                   config.eval_batch_size)
+        scorer.cache = open_feature_cache(config.base_model, config.max_length, config.prompt_tokens, cache_dir)
+        feats, _ = scorer.features(prompts, answers)
+    else:
+        base = resolve_base_model(config.base_model)
+        model, tokenizer, pooling = load_reward_base(base, config.pooling)
+        feats, _ = FeatureCache(base, config.max_length, pooling, cache_dir).compute(
+            model, tokenizer, prompts, answers, config.max_length, 32, lambda fraction, message: None)
     feats = feats.numpy()
     return feats[:len(pairs)], feats[len(pairs):]
 
@@ -143,5 +152,4 @@ def learning_curve_features(settings, pairs, model_dir: Path):
     if len(pairs) < 8:
         return None
     fast = train_config(settings, mode="fast")  # the features fast-mode training cached
-    return pair_features(pairs, fast.base_model, fast.max_length, fast.pooling,
-                         Path(model_dir) / "feature-cache")
+    return pair_features(pairs, fast, Path(model_dir) / "feature-cache")

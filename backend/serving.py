@@ -86,9 +86,12 @@ class ModelCache:
     def _zero_shot_scorer(self) -> Scorer:
         with self._lock:
             if self._zero_shot is None:
+                from model.reward.config import MINILM, is_decoder_base
                 from model.reward.model import RewardModel
 
+                # Prompt/answer similarity needs a sentence encoder: a causal LM base leaves it to MiniLM.
+                base = self.settings.reward_base_model
                 self._zero_shot = Scorer(ZERO_SHOT, RewardModel.zero_shot(
-                    self.settings.reward_base_model, train_config(self.settings).max_length))
+                    MINILM if is_decoder_base(base) else base, train_config(self.settings).max_length))
             return self._zero_shot
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.reward.decoder import KIND, DecoderRewardModel, open_feature_cache
 from model.reward.features import FeatureCache
 from model.reward.model import REWARD_CONFIG, RewardModel, resolve_base_model
 
@@ -50,10 +51,14 @@ class CachedRewardModel(RewardModel):
 
 def load_scorer(path, feature_cache_dir: Path | None) -> RewardModel:
     """The version in `path`, scored from the feature cache when it is a fast-mode version (and a cache
-    folder is given), else by full forward passes."""
-    model = RewardModel.load(path)
+    folder is given; a causal LM's features too), else by full forward passes."""
     config_file = Path(path) / REWARD_CONFIG
     settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if settings.get("kind") == KIND:
+        cache = None if feature_cache_dir is None else open_feature_cache(
+            settings["base_model"], settings["max_length"], settings["prompt_tokens"], feature_cache_dir)
+        return DecoderRewardModel.load(path, cache)
+    model = RewardModel.load(path)
     pooling = json.loads((Path(path) / "metrics.json").read_text()).get("pooling") \
         if (Path(path) / "metrics.json").is_file() else None
     if feature_cache_dir is None or settings.get("mode") != "fast" or pooling is None:

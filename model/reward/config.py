@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.generation.types import SMOLLM2
+
 MINILM = "minilm"
+DECODER_PROMPT_TOKENS = 64  # a causal LM base reads the prompt's last 64 tokens: its last turn or two on hh-rlhf
 MODE_DEFAULTS = {"fast": {"max_length": 512, "prompt_tokens": 0, "epochs": 60, "learning_rate": 3e-4, "batch_size": 64},
                  "full": {"max_length": 256, "prompt_tokens": 32, "epochs": 2, "learning_rate": 1e-4, "batch_size": 8}}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder
+    base_model: str = MINILM          # "minilm" = packaged all-MiniLM-L6-v2; or HF id / local folder; or a
+    #                                     causal LM ("smollm2", the packaged generator; a .gguf; a local folder),
+    #                                     read frozen at its middle layer in fast mode (model/reward/decoder.py)
     mode: str = "fast"                # "fast": frozen encoder, cached features, head only; "full": fine-tune
     pooling: str = "mean"             # "mean": read the encoder by mean pooling (model/reward/pooling.py); "cls"
     max_length: int | None = None     # tokens of prompt+answer; None: 512 (fast: a text costs only its own
@@ -49,11 +55,30 @@ class TrainConfig:
             raise ValueError(f"unknown training mode {self.mode!r}: use 'fast' or 'full'")
         if self.prompt_tokens is not None and self.prompt_tokens < 0:
             raise ValueError(f"prompt_tokens must be 0 (the whole prompt) or more, not {self.prompt_tokens}")
-        if self.mode == "fast" and self.prompt_tokens:
+        decoder = is_decoder_base(self.base_model)
+        if decoder and self.mode != "fast":
+            raise ValueError(f"{self.base_model!r} is a causal LM: it is read frozen at its middle layer, in fast "
+                             "mode; full mode fine-tunes an encoder such as minilm")
+        if self.mode == "fast" and self.prompt_tokens and not decoder:
             raise ValueError("fast mode reads the whole prompt (its frozen features lose accuracy when the prompt "
                              "is cut); prompt_tokens is a full-mode setting")
+        if decoder and self.prompt_tokens is None:
+            object.__setattr__(self, "prompt_tokens", DECODER_PROMPT_TOKENS)
         if self.folds < 1:
             raise ValueError(f"folds must be at least 1, not {self.folds}")
         for name, default in MODE_DEFAULTS[self.mode].items():  # None: this mode's default
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+
+
+def is_decoder_base(name: str) -> bool:
+    """True for the packaged generator ("smollm2"), a .gguf file or a local folder holding a causal LM (a
+    generator version written by `rlhf-backend tune` too). Hub ids are not looked up (that needs the network):
+    download such a model into a folder first."""
+    if name == SMOLLM2 or name.endswith(".gguf"):
+        return True
+    try:
+        architectures = json.loads((Path(name).expanduser() / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForCausalLM") for a in architectures or [])

@@ -1,5 +1,5 @@
-"""Fast mode's feature cache: the frozen encoder's first-token hidden state per (prompt, answer), computed
-once and kept on disk, so a retrain or a rescoring is arithmetic on cached vectors, not a forward pass."""
+"""Fast mode's feature cache: the frozen encoder's features per (prompt, answer) (a BERT's first-token hidden
+state, or a causal LM's middle-layer answer mean: model/reward/decoder.py), computed once and kept on disk, so a retrain or a rescoring is arithmetic on cached vectors, not a forward pass."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _open_lock = threading.Lock()
 
 
 class FeatureCache:
-    """First-token hidden states of a frozen encoder, keyed by sha256(prompt, answer).
+    """Features of a frozen encoder, keyed by sha256(prompt, answer).
 
     On disk (optional) under <dir>/<model key>/, where the model key hashes the base model, its weight
     files' size and mtime, max_length and pooling. Each run appends one shard file written to a temp name and
@@ -72,22 +72,31 @@ class FeatureCache:
         return hashlib.sha256(f"{len(prompt)}:{prompt}{answer}".encode()).hexdigest()
 
     def compute(self, model, tokenizer, prompts, answers, max_length, batch_size, progress) -> object:
-        """Features for every (prompt, answer); only the missing ones go through the encoder."""
-        import torch
-
+        """Features for every (prompt, answer) under a BERT-style encoder (`model`'s first-token state, the
+        mean where it has the pooling layer); only the missing ones go through the encoder."""
         from model.reward.model import encode_pairs
         from model.reward.pooling import first_token_state
 
+        def encode(batch_prompts, batch_answers):
+            enc = encode_pairs(tokenizer, batch_prompts, batch_answers, max_length)
+            return first_token_state(model.base_model, enc.to(model.device))
+
+        return self.compute_with(encode, prompts, answers, batch_size, progress)
+
+    def compute_with(self, encode, prompts, answers, batch_size, progress, order=None) -> object:
+        """Features for every (prompt, answer), `encode(prompts, answers)` giving a batch's (n, width) tensor;
+        only the missing ones are encoded, in batches by `order` (a key of the index; default: shortest text
+        first), and written to a new shard. Returns (features in the order given, how many were encoded)."""
+        import torch
+
         keys = [self.key(p, a) for p, a in zip(prompts, answers)]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.features}.values(),
-                      key=lambda i: len(prompts[i]) + len(answers[i]))
+                      key=order or (lambda i: len(prompts[i]) + len(answers[i])))
         new_keys, new_feats = [], []
-        encoder = model.base_model
         with torch.inference_mode():
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
-                enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [answers[i] for i in idx], max_length)
-                hidden = first_token_state(encoder, enc.to(model.device)).float().cpu().clone()
+                hidden = encode([prompts[i] for i in idx], [answers[i] for i in idx]).float().cpu().clone()
                 for i, h in zip(idx, hidden):
                     self.features[keys[i]] = h
                     new_keys.append(keys[i])

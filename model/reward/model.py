@@ -153,10 +153,15 @@ class RewardModel:
 
     @classmethod
     def load(cls, path) -> "RewardModel":
-        """A version folder written by training, or any AutoModelForSequenceClassification folder."""
+        """A version folder written by training (a DecoderRewardModel where a causal LM was read), or any
+        AutoModelForSequenceClassification folder."""
         path = str(path)
         config_file = Path(path) / REWARD_CONFIG
         saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if saved.get("kind") == "decoder":  # a causal LM's lower half under a linear head
+            from model.reward.decoder import DecoderRewardModel
+
+            return DecoderRewardModel.load(path)
         return cls(load_classifier(path), load_tokenizer(path), int(saved.get("max_length", 256)),
                    prompt_tokens=int(saved.get("prompt_tokens") or 0))  # versions saved before it: 0
 

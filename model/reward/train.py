@@ -1,11 +1,14 @@
 """Bradley-Terry reward-model training: loss = -log sigmoid(r_chosen - r_rejected [- margin]).
 
-Two modes, both ending in a stock `AutoModelForSequenceClassification` folder:
+Two modes, both ending in a stock `AutoModelForSequenceClassification` folder (a causal LM base: a stock
+`AutoModel` folder and a linear head beside it, model/reward/decoder.py):
 * fast: the encoder is frozen; its last-layer first-token hidden state per (prompt, answer) is computed
   once and cached by text hash; only BERT's own head (pooler dense+tanh, then the classifier) trains on
   those features, so the saved model is the unchanged architecture and scores identically. With
   pooling="mean" (the default) that first token is the mean of the tokens (model/reward/pooling.py).
   With `folds` > 1 (3 by default), that many heads are cross-fitted on folds of the prompts and averaged.
+  A causal LM base ("smollm2", the packaged generator) is read the same way at its middle layer: the mean of
+  the answer tokens' hidden states under a linear head (model/reward/decoder.py).
 * full: every encoder layer (or the top `train_layers`) is fine-tuned without dropout (as TRL does), in
   bf16 autocast where bf16 is native, on each prompt's last `prompt_tokens` tokens (the saved model reads
   them the same way); what is saved is a moving average of the weights, averaged again over `members`
@@ -27,7 +30,8 @@ from typing import Callable
 from model.evaluation import both_orientations, loss_curves, margin_metrics, reliability_diagram
 from model.pairs import PreferencePair
 from model.reward.calibration import fit_temperature, scale_rewards
-from model.reward.config import TrainConfig
+from model.reward.config import TrainConfig, is_decoder_base
+from model.reward.decoder import KIND, load_decoder_base, train_decoder
 from model.reward.fast import train_fast
 from model.reward.full import train_full
 from model.reward.model import REWARD_CONFIG, cut_pair_prompts, load_reward_base, resolve_base_model
@@ -60,11 +64,17 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     report(0.0, "loading base model")
-    base_path = resolve_base_model(config.base_model)
-    torch.manual_seed(config.seed)  # the classifier's fresh initialization
-    model, tokenizer, pooling = load_reward_base(base_path, config.pooling)
-    # Cut once, before the pairs are split and batched by length; the saved model cuts what it scores alike.
-    pairs = cut_pair_prompts(tokenizer, pairs, config.prompt_tokens) if config.prompt_tokens else pairs
+    decoder = is_decoder_base(config.base_model)
+    if decoder:  # a causal LM's lower half under a linear head; it cuts each prompt as it reads it
+        # A GGUF base is converted once into the feature cache's folder (model/generation/local.py).
+        model = load_decoder_base(config.base_model, config.feature_cache_dir, config.max_length,
+                                  config.prompt_tokens, config.eval_batch_size)
+        tokenizer, pooling = model.tokenizer, KIND
+    else:
+        torch.manual_seed(config.seed)  # the classifier's fresh initialization
+        model, tokenizer, pooling = load_reward_base(resolve_base_model(config.base_model), config.pooling)
+        # Cut once, before the pairs are split and batched by length; the saved model cuts what it scores alike.
+        pairs = cut_pair_prompts(tokenizer, pairs, config.prompt_tokens) if config.prompt_tokens else pairs
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     # A cross-fitted fast mode (folds > 1): every pair trains all the heads but one and is held out from
     # that one, which scores it, so `margins` are of every pair. Otherwise they are of the held-out split.
@@ -73,7 +83,9 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     held_out = train if folds else val
 
     extra: dict = {"pooling": pooling}
-    if config.mode == "fast":
+    if decoder:
+        history, margins, rewards = train_decoder(model, train, val, folds, config, report, extra)
+    elif config.mode == "fast":
         history, margins, rewards = train_fast(model, tokenizer, train, val, config, report, extra, folds)
     else:
         history, margins, rewards = train_full(model, tokenizer, train, val, config, report, extra)
@@ -88,12 +100,12 @@ def train_reward_model(pairs: list[PreferencePair], config: TrainConfig, out_dir
     train_seconds = time.perf_counter() - started
 
     report(0.96, "saving")
-    model.eval().to("cpu")
+    model.to("cpu")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / REWARD_CONFIG).write_text(json.dumps(
         {"max_length": config.max_length, "prompt_tokens": config.prompt_tokens, "base_model": config.base_model,
-         "mode": config.mode}, indent=2))
+         "mode": config.mode, **({"kind": KIND} if decoder else {})}, indent=2))
     scored = margin_metrics(margins, seed=config.seed)
     has_val = bool(held_out)
     metrics = {
