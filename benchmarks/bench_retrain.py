@@ -79,6 +79,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="warm retrains, one new annotation each")
     parser.add_argument("--predicts", type=int, default=200, help="sequential one-task /predict calls")
     parser.add_argument("--threads", default="2", help="TORCH_THREADS of the worker")
+    parser.add_argument("--reward-base-model", default="minilm", help="REWARD_BASE_MODEL (default minilm)")
     args = parser.parse_args()
 
     from label_studio_sdk import LabelStudio
@@ -102,7 +103,8 @@ def main() -> int:
     env = backend_env(REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
                       QUEUE_PREFIX=f"bench-{os.getpid()}", MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=ls_url,
                       LABEL_STUDIO_API_KEY=LS_TOKEN, LABEL_STUDIO_ALLOW_PRIVATE_HOSTS="true",
-                      PREANNOTATE="always", TRAIN_MODE="fast", TORCH_THREADS=args.threads, LOG_LEVEL="INFO")
+                      PREANNOTATE="always", TRAIN_MODE="fast", TORCH_THREADS=args.threads, LOG_LEVEL="INFO",
+                      REWARD_BASE_MODEL=args.reward_base_model)
     server, worker, url = start_backend(env, work)
     rows: list[tuple[str, str]] = []
     try:

@@ -80,7 +80,8 @@ def run_ours(mode: str, train, test, args, work: Path, cache: Path | None, pooli
     from model.reward.config import TrainConfig
     from model.reward.train import train_reward_model
 
-    config = TrainConfig(base_model=args.base_model, mode=mode, max_length=args.max_length, threads=args.threads,
+    base = args.fast_base_model if mode == "fast" and args.fast_base_model else args.base_model
+    config = TrainConfig(base_model=base, mode=mode, max_length=args.max_length, threads=args.threads,
                          pooling=pooling, seed=seed,
                          feature_cache_dir=cache, epochs=args.full_epochs if mode == "full" else None,
                          learning_rate=args.full_lr if mode == "full" else None,
@@ -158,11 +159,13 @@ def section_fast(train, test, args, work, results, pooling="mean"):
     log(f"{key}: retrain with every feature cached")
     again = run_ours("fast", train, test, args, work, cache, pooling, seed=args.seeds[0])
     runs = [first] + [run_ours("fast", train, test, args, work, cache, pooling, seed=seed) for seed in args.seeds[1:]]
-    per_seed_results = [{"seed": seed, "val_accuracy": r["metrics"]["val_accuracy"], "best_epoch": r["metrics"]["best_epoch"],
+    per_seed_results = [{"seed": seed, "val_accuracy": r["metrics"]["val_accuracy"],
+                         **{k: r["metrics"][k] for k in ("best_epoch", "l2", "temperature") if k in r["metrics"]},
                          **score_saved(r["folder"], test)} for seed, r in zip(args.seeds, runs)]
     results[key] = {"seconds": first["seconds"], "feature_seconds": first["metrics"]["feature_seconds"],
                     "retrain_seconds": again["seconds"], "n_train": first["metrics"]["n_train"],
                     "pooling": first["metrics"]["pooling"], "folds": first["metrics"].get("folds", 1),
+                    "base_model": first["metrics"]["base_model"],
                     "patience": args.fast_patience,
                     "seeds": per_seed_results}
     log(f"{key}: {[brief(r) for r in per_seed_results]}")
@@ -302,6 +305,9 @@ def main() -> int:
                         help="keep only each prompt's last N tokens of the base model's tokenizer, in training and "
                              "test alike (an input variant to measure; default: the whole prompt, cut to fit "
                              "--max-length)")
+    parser.add_argument("--fast-base-model",
+                        help="fast mode's base model, where it differs from --base-model (e.g. smollm2: the packaged "
+                             "generator read frozen at its middle layer)")
     parser.add_argument("--feature-cache", type=Path,
                         help="fast mode: a persistent feature cache folder (default: an empty one, so the first "
                              "training encodes every text)")
@@ -352,9 +358,10 @@ def main() -> int:
                 times = (f"{f['seconds']:.0f} first ({f['feature_seconds']:.0f} encoding); "
                          f"{f['retrain_seconds']:.1f} cached retrain") if r is f["seeds"][0] else "(cached)"
                 heads = f"{f['folds']} cross-fitted heads" if f.get("folds", 1) > 1 else "one head"
-                print(fmt_row(f"fast mode (frozen encoder, cached features, {f['pooling']} pooling, {heads}), "
-                              f"seed {r['seed']}",
-                              r, times, f"ECE {r['ece']:.3f}; best epoch {r['best_epoch']}; no pair dropped"))
+                fitted = f"L2 {r['l2']:g}" if "l2" in r else f"best epoch {r['best_epoch']}"
+                reader = "middle layer's answer mean" if f["pooling"] == "decoder" else f"{f['pooling']} pooling"
+                print(fmt_row(f"fast mode ({f.get('base_model', args.base_model)} frozen, cached features, {reader}, "
+                              f"{heads}), seed {r['seed']}", r, times, f"ECE {r['ece']:.3f}; {fitted}; no pair dropped"))
     for t in results.get("trl", []):
         precision = "bf16" if t.get("bf16", True) else "fp32"
         print(fmt_row(f"TRL 1.16 RewardTrainer (1 epoch, defaults, {precision}), seed {t['seed']}", t, f"{t['seconds']:.0f}",

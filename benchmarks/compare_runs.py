@@ -3,7 +3,8 @@ mean, its gap to the first run (a paired bootstrap over the test pairs, on the s
 time and test ECE, as a Markdown table.
 
 Each argument is a results file (`--json-out`) and a per-seed section in it, `FILE:SECTION` (trl, full, or
-such a section merged in under another name), with an optional label after a second colon:
+fast, or such a section merged in under another name; fast mode's first seed
+timed from an empty feature cache, the others as cached retrains), with an optional label after a second colon:
 
     python benchmarks/compare_runs.py trl-A.json:trl full-A.json:full:"full mode" eager-A.json:full:"eager"
 
@@ -34,7 +35,11 @@ def read_run(spec: str) -> tuple[str, dict]:
         results = json.loads(path.read_text())
         if section not in results:
             raise SystemExit(f"{path} has no section {section!r} (it has: {', '.join(sorted(results))})")
-        slices.append({r["seed"]: r for r in results[section]})
+        rows = results[section]
+        if isinstance(rows, dict):  # fast mode: the first seed's time from an empty feature cache, then retrains
+            rows = [{**r, "seconds": rows["seconds"] if i == 0 else rows["retrain_seconds"]}
+                    for i, r in enumerate(rows["seeds"])]
+        slices.append({r["seed"]: r for r in rows})
     seeds = sorted(set.intersection(*(set(rows) for rows in slices)))
     if not seeds:
         raise SystemExit(f"{files}:{section}: no seed was run in every file")

@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -35,19 +36,24 @@ def test_every_benchmark_script_starts(script):
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
+def run_bench_reward(tmp_path, *options) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """bench_reward.py on 40 hh-style pairs (30 train, 10 test), one thread: (its run, its results, their file)."""
     data = tmp_path / "hh.jsonl"
     data.write_text("\n".join(hh_style_lines(40)) + "\n")
     out = tmp_path / "results.json"
     command = [sys.executable, "benchmarks/bench_reward.py", "--data", str(data), "--train", "30", "--test", "10",
-               "--base-model", str(tiny_encoder(tmp_path / "enc")), "--max-length", "128", "--threads", "1",
-               "--only", "fast,trl,full", "--seeds", "1,2", "--full-epochs", "1", "--full-members", "2",
-               "--full-batch-size", "4", "--average-epochs", "1.5", "--json-out", str(out)]
+               "--threads", "1", *options, "--json-out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads(out.read_text()), out
 
-    results = json.loads(out.read_text())
+
+@pytest.mark.slow
+def test_bench_reward_runs_every_section_and_keeps_each_seed(tmp_path):
+    done, results, _ = run_bench_reward(
+        tmp_path, "--base-model", str(tiny_encoder(tmp_path / "enc")), "--max-length", "128", "--only",
+        "fast,trl,full", "--seeds", "1,2", "--full-epochs", "1", "--full-members", "2", "--full-batch-size", "4",
+        "--average-epochs", "1.5")
     assert [r["seed"] for r in results["trl"]] == [1, 2] and [r["seed"] for r in results["full"]] == [1, 2]
     assert [r["seed"] for r in results["fast"]["seeds"]] == [1, 2] and results["fast"]["retrain_seconds"] > 0
     assert all(r["members"] == 2 and r["average_epochs"] == 1.5 and r["batch_size"] == 4 and 0 <= r["accuracy"] <= 1
@@ -329,3 +335,38 @@ def test_bench_tune_step_runs_every_configuration_on_the_same_pairs(tmp_path):
     assert all(r["seconds_per_step"] > 0 and r["peak_rss_gib"] > 0 for r in rows.values())
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 4 and table[3].startswith("| packed-top | 1 | 4 |")  # the header, a row per configuration
+
+
+@pytest.mark.slow
+def test_bench_reward_reads_fast_mode_off_a_causal_lm_and_compare_runs_takes_its_seeds(tmp_path):
+    done, results, out = run_bench_reward(
+        tmp_path, "--fast-base-model", str(tiny_causal_lm(tmp_path / "lm", layers=4)), "--only", "fast", "--seeds",
+        "1,2")
+    fast = results["fast"]
+    assert fast["pooling"] == "decoder" and fast["base_model"].endswith("lm") and fast["folds"] == 3
+    assert [r["seed"] for r in fast["seeds"]] == [1, 2] and all("l2" in r for r in fast["seeds"])
+    assert "middle layer's answer mean" in done.stdout
+
+    table = subprocess.run([sys.executable, "benchmarks/compare_runs.py", f"{out}:fast:TRL-less",
+                            f"{out}:fast:again"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr[-2000:]
+    first_seed_time, retrain_time = fast["seconds"], fast["retrain_seconds"]
+    row = next(line for line in table.stdout.splitlines() if line.startswith("| again |"))
+    low, high = sorted([first_seed_time, retrain_time])  # the first seed timed cold, the second as a retrain
+    assert row.split(" | ")[-2] == f"{low:.0f}-{high:.0f}"
+
+
+@pytest.mark.slow
+def test_bench_decoder_layers_scores_each_layer_on_three_slices(tmp_path):
+    data = tmp_path / "hh.jsonl"
+    data.write_text("\n".join(hh_style_lines(1500)) + "\n")
+    out = tmp_path / "layers.json"
+    command = [sys.executable, "benchmarks/bench_decoder_layers.py", "--data", str(data), "--threads", "1",
+               "--base-model", str(tiny_causal_lm(tmp_path / "lm", layers=4)), "--layers", "1,2,4",
+               "--json-out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy = json.loads(out.read_text())["accuracy"]
+    assert sorted(accuracy) == ["1", "2", "4"] and all(sorted(a) == ["A", "B", "C"] for a in accuracy.values())
+    assert all(a["A"] > 0.9 for a in accuracy.values())  # "Gladly: ..." against "No.": any layer tells them apart
+    assert "| 2 |" in done.stdout
