@@ -237,12 +237,20 @@ def register(subparsers) -> None:
                         "RewardTrainer takes on the same pairs (minutes per thousand pairs on a CPU) and on hh-rlhf "
                         "2.7-2.8 points more accurate than TRL (four seeds on three slices of 500 test pairs, on "
                         "two CPU kinds: +4.1 to +5.0, +2.3 to +2.45, +0.8 to +1.7): use it for the model you hand "
-                        "to the RL step, and --members N when you can afford N times that")
-    p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder")
+                        "to the RL step, and --members N when you can afford N times that. With --base-model smollm2 "
+                        "fast mode is the most accurate of all (4.5 points above TRL over those three slices, 1.7 "
+                        "above full mode) and retrains in about a second: use it for both")
+    p.add_argument("--base-model", help="minilm (packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder; "
+                   "or a causal LM, read frozen in fast mode: smollm2 (the packaged generator), a .gguf file or a "
+                   "local folder. smollm2 ranks preferences better than MiniLM even fine-tuned (on hh-rlhf 65.5%% over "
+                   "three test slices, against 63.8%% for full mode and 61.1%% for TRL's RewardTrainer on MiniLM) and "
+                   "retrains in about 1 s once its features are cached; a new text takes about 1.7x MiniLM's time "
+                   "to encode (the first training on 1,300 pairs: three quarters of TRL's time)")
     p.add_argument("--max-length", type=positive_int, help="tokens of prompt+answer (the prompt is cut from the "
                    "left); default: REWARD_MAX_LENGTH, else 512 (fast) or 256 (full)")
     p.add_argument("--prompt-tokens", type=non_negative_int, metavar="N",
-                   help="full mode: read only the last N tokens of each prompt (0: all that fits --max-length; "
+                   help="full mode, or a causal LM base (default 64 there): read only the last N tokens of each "
+                        "prompt (0: all that fits --max-length; full mode's "
                         "default 32: on hh-rlhf, whose prompts end with the turn being answered, 1.2 points more "
                         "accurate than 64 over four seeds, itself 1.5 above the whole prompt, and faster; 16 scored "
                         "within 0.7 of 32 there, either way, in 0.8-0.9x the time, but keeps little beyond the "

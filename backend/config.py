@@ -82,7 +82,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("TORCH_THREADS", None, "torch intra-op threads (unset: torch's default)."),
     # Reward model
     Option("REWARD_BASE_MODEL", "minilm",
-           "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder."),
+           "minilm (the packaged all-MiniLM-L6-v2), a Hugging Face id or a local folder; or a causal LM read frozen "
+           "at its middle layer in fast mode: smollm2 (the packaged generator), a .gguf file or a local folder."),
     Option("TRAIN_MODE", "fast", "fast (frozen encoder, cached features, seconds) or full (fine-tune, minutes)."),
     Option("TRAIN_MEMBERS", "1", "full mode: fine-tunes from one start whose weights are averaged (WARM); N times the training time."),
     Option("REWARD_MAX_LENGTH", None, "Tokens of prompt+answer the reward model reads (unset: 512 in fast mode, "
