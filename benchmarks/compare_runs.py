@@ -2,9 +2,9 @@
 mean, its gap to the first run (a paired bootstrap over the test pairs, on the seeds both have), its training
 time and test ECE, as a Markdown table.
 
-Each argument is a results file (`--json-out`) and a per-seed section in it, `FILE:SECTION` (trl, full, or
-fast, or such a section merged in under another name; fast mode's first seed
-timed from an empty feature cache, the others as cached retrains), with an optional label after a second colon:
+Each argument is a results file (`--json-out`) and a per-seed section in it, `FILE:SECTION` (trl, full, fast, or
+such a section merged in under another name; fast mode's first seed is timed from an empty feature cache, the
+others as cached retrains), with an optional label after a second colon:
 
     python benchmarks/compare_runs.py trl-A.json:trl full-A.json:full:"full mode" eager-A.json:full:"eager"
 

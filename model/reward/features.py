@@ -1,5 +1,6 @@
 """Fast mode's feature cache: the frozen encoder's features per (prompt, answer) (a BERT's first-token hidden
-state, or a causal LM's middle-layer answer mean: model/reward/decoder.py), computed once and kept on disk, so a retrain or a rescoring is arithmetic on cached vectors, not a forward pass."""
+state, or a causal LM's middle-layer answer mean: model/reward/decoder.py), computed once and kept on disk, so
+a retrain or a rescoring is arithmetic on cached vectors, not a forward pass."""
 
 from __future__ import annotations
 
