@@ -25,7 +25,8 @@ LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0)  # the head's L2 penalties tried, on standa
 
 
 def _feature_dtype():
-    """bf16 where the CPU (or GPU) runs it natively, else fp32: training and serving read alike."""
+    """bf16 where this machine's CPU runs it natively, else fp32, on a GPU too: the cached features must not depend
+    on whether training (on a GPU) or serving (on the CPU) computed them."""
     from model.generation.local import resolve_dtype
 
     return resolve_dtype("auto", "cpu")
