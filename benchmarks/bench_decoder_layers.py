@@ -14,7 +14,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,14 +26,12 @@ def layer_features(scorer, pairs, layers: list[int], progress) -> dict:
     """{layer: (chosen features, rejected features)} of every pair, from one pass per batch."""
     import torch
 
-    from model.reward.decoder import answer_mean
+    from model.reward.decoder import pair_order
+    from model.reward.model import mean_pool
 
     prompts = [p.prompt for p in pairs] * 2
     answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    longest: dict[str, int] = {}
-    for prompt, answer in zip(prompts, answers):
-        longest[prompt] = max(longest.get(prompt, 0), len(answer))
-    order = sorted(range(len(answers)), key=lambda i: (longest[prompts[i]], prompts[i], len(answers[i])))
+    order = sorted(range(len(answers)), key=pair_order(prompts, answers))  # as the feature cache batches them
     depth = scorer.model.config.num_hidden_layers
     features = {layer: torch.empty(len(answers), scorer.model.config.hidden_size) for layer in layers}
     with torch.inference_mode():
@@ -45,7 +42,7 @@ def layer_features(scorer, pairs, layers: list[int], progress) -> dict:
             states = outputs.hidden_states  # the embeddings, then each layer's output; the last one through the norm
             for layer in layers:
                 hidden = states[layer] if layer == depth else scorer.model.norm(states[layer])
-                features[layer][idx] = answer_mean(hidden, mask)
+                features[layer][idx] = mean_pool(hidden.float(), mask)
             progress(start + len(idx), len(order))
     n = len(pairs)
     return {layer: (f[:n], f[n:]) for layer, f in features.items()}
@@ -60,13 +57,13 @@ def slice_accuracy(chosen, rejected, pairs, train, test, seed: int) -> float:
     from model.reward.objective import pair_weights
     from model.reward.splits import prompt_folds
 
-    head = SimpleNamespace(score=torch.nn.Linear(chosen.shape[1], 1))  # fit_head sets a scorer's `score`
+    head = torch.nn.Linear(chosen.shape[1], 1)
     folds = prompt_folds([pairs[i] for i in train], TrainConfig(seed=seed))
     t = torch.tensor(train)
     splits = [(torch.tensor(sorted(set(range(len(train))) - set(f))), torch.tensor(sorted(f))) for f in folds]
     fit_head(head, chosen[t], rejected[t], pair_weights([pairs[i] for i in train]), splits, lambda f, m: None, {})
     with torch.no_grad():
-        margins = head.score(chosen[test])[:, 0] - head.score(rejected[test])[:, 0]
+        margins = head(chosen[test])[:, 0] - head(rejected[test])[:, 0]
     return ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item()
 
 

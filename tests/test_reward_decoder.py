@@ -92,10 +92,9 @@ def test_the_head_is_the_cross_fitted_heads_average_at_the_penalty_held_out_best
     chosen[swap], rejected[swap] = rejected[swap].clone(), chosen[swap].clone()
     folds = [list(range(k, n, 3)) for k in range(3)]
     splits = [(torch.tensor(sorted(set(range(n)) - set(f))), torch.tensor(f)) for f in folds]
-    scorer = DecoderRewardModel.__new__(DecoderRewardModel)
-    scorer.score = torch.nn.Linear(width, 1)
+    score = torch.nn.Linear(width, 1)
     out = {}
-    history, margins, rewards = fit_head(scorer, chosen, rejected, torch.ones(n), splits, lambda f, m: None, out)
+    history, margins, rewards = fit_head(score, chosen, rejected, torch.ones(n), splits, lambda f, m: None, out)
 
     assert [h["l2"] for h in history] == list(LAMBDAS)
     assert out["l2"] == min(history, key=lambda h: h["val_loss"])["l2"]
@@ -104,7 +103,7 @@ def test_the_head_is_the_cross_fitted_heads_average_at_the_penalty_held_out_best
     heads = [_logistic(diffs[t], torch.ones(len(t)), out["l2"]) for t, _ in splits]
     for head, (_, held) in zip(heads, splits):  # each pair's margin comes from the head that did not fit it
         assert torch.allclose(torch.tensor(margins)[held], diffs[held] @ head, atol=1e-4)
-    assert torch.allclose(scorer.score.weight[0], torch.stack(heads).mean(0) / scale, atol=1e-4)
+    assert torch.allclose(score.weight[0], torch.stack(heads).mean(0) / scale, atol=1e-4)
     r = torch.tensor(rewards)
     assert abs(r.mean().item()) < 1e-4  # centred
     assert ((r[:n] - r[n:]) > 0).float().mean() > 0.85

@@ -34,12 +34,8 @@ class CachedRewardModel(RewardModel):
     def rewards_by_key(self, keys) -> dict[str, float]:
         """{key: reward} for the feature-cache keys (`FeatureCache.key(prompt, answer)`) whose features are
         cached; the others are left out (their texts must go through `rewards`)."""
-        import torch
-
-        present = [k for k in dict.fromkeys(keys) if k in self.cache.features]
-        if not present:
-            return {}
-        return dict(zip(present, self._head(torch.stack([self.cache.features[k] for k in present]))))
+        present, features = self.cache.cached(keys)
+        return dict(zip(present, self._head(features))) if present else {}
 
     def _head(self, features) -> list[float]:
         import torch

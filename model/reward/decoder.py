@@ -17,7 +17,7 @@ from pathlib import Path
 
 from model.conversation import prompt_messages
 from model.generation.types import SMOLLM2
-from model.reward.model import REWARD_CONFIG, RewardModel, cut_prompts
+from model.reward.model import REWARD_CONFIG, RewardModel, cut_prompts, mean_pool
 
 HEAD_FILE = "reward_head.safetensors"
 KIND = "decoder"  # reward_config.json's "kind" for such a folder
@@ -99,11 +99,8 @@ class DecoderRewardModel(RewardModel):
         from model.reward.features import FeatureCache
 
         cache = self.cache or FeatureCache("uncached", self.max_length, KIND, None)
-        longest: dict[str, int] = {}  # a prompt's answers side by side, the prompts by their longest answer
-        for prompt, answer in zip(prompts, answers):
-            longest[prompt] = max(longest.get(prompt, 0), len(answer))
         return cache.compute_with(self._encode_batch, prompts, answers, self.batch_size, progress,
-                                  order=lambda i: (longest[prompts[i]], prompts[i], len(answers[i])))
+                                  order=pair_order(prompts, answers))
 
     def rewards(self, prompts: list[str], answers: list[str]) -> list[float]:
         import torch
@@ -121,12 +118,11 @@ class DecoderRewardModel(RewardModel):
         cached; the others are left out (their texts must go through `rewards`)."""
         import torch
 
-        features = self.cache.features if self.cache is not None else {}
-        present = [k for k in dict.fromkeys(keys) if k in features]
+        present, features = self.cache.cached(keys) if self.cache is not None else ([], None)
         if not present:
             return {}
         with torch.inference_mode():
-            return dict(zip(present, self.score(torch.stack([features[k] for k in present]))[:, 0].tolist()))
+            return dict(zip(present, self.score(features)[:, 0].tolist()))
 
     def _token_ids(self, prompt: str, answer: str) -> tuple[list[int], int]:
         """(token ids, how many of the last are the answer's): the prompt then the answer as one conversation,
@@ -150,7 +146,7 @@ class DecoderRewardModel(RewardModel):
     def _encode_batch(self, prompts: list[str], answers: list[str]):
         """Features of one batch: the answer tokens' last hidden states averaged (`answer_states`)."""
         outputs, mask = self.answer_states(prompts, answers)
-        return answer_mean(outputs.last_hidden_state, mask)
+        return mean_pool(outputs.last_hidden_state.float(), mask)
 
     def answer_states(self, prompts: list[str], answers: list[str], **forward):
         """(the model's outputs over the answer tokens, the answer tokens' mask), `forward` passed on. Each
@@ -189,15 +185,19 @@ class DecoderRewardModel(RewardModel):
         return ids, mask
 
 
-def answer_mean(hidden, answer_mask):
-    """The mean over each row's answer tokens of `hidden` (rows, tokens, width), in fp32."""
-    mask = answer_mask.float().unsqueeze(-1)
-    return (hidden.float() * mask).sum(1) / mask.sum(1)
+def pair_order(prompts: list[str], answers: list[str]):
+    """A sort key over the texts' indices that puts a prompt's answers side by side (so they share its pass) and
+    the prompts by their longest answer (so a batch pads little)."""
+    longest: dict[str, int] = {}
+    for prompt, answer in zip(prompts, answers):
+        longest[prompt] = max(longest.get(prompt, 0), len(answer))
+    return lambda i: (longest[prompts[i]], prompts[i], len(answers[i]))
 
 
-def fit_head(scorer: DecoderRewardModel, chosen, rejected, weights, splits, progress, out):
-    """Fit the linear head on the pairs' features: L2-penalised Bradley-Terry (a logistic regression on the
-    chosen-minus-rejected differences, the features standardised), the penalty chosen by the held-out loss.
+def fit_head(score, chosen, rejected, weights, splits, progress, out):
+    """Set the linear head `score` (a Linear to one output) from the pairs' features: L2-penalised Bradley-Terry
+    (a logistic regression on the chosen-minus-rejected differences, the features standardised), the penalty
+    chosen by the held-out loss.
 
     `splits` are (fitted, held-out) index tensors with disjoint held-out sets: cross-fitting folds (every pair
     held out once, as in fast mode), one held-out split, or one split holding nothing out (then the middle
@@ -225,17 +225,17 @@ def fit_head(scorer: DecoderRewardModel, chosen, rejected, weights, splits, prog
         if len(held):
             entry["val_loss"] = (F.softplus(-margins[held]) * w[held]).sum().item() / w[held].sum().item()
         history.append(entry)
-        score = entry.get("val_loss", entry["train_loss"])
-        if best is None or score < best[0]:
-            best = (score, penalty, torch.stack(heads).mean(0), margins)
-        progress(0.5 + 0.45 * (step + 1) / len(tried), f"head: L2 {penalty:g}, loss {score:.4f}")
+        loss = entry.get("val_loss", entry["train_loss"])
+        if best is None or loss < best[0]:
+            best = (loss, penalty, torch.stack(heads).mean(0), margins)
+        progress(0.5 + 0.45 * (step + 1) / len(tried), f"head: L2 {penalty:g}, loss {loss:.4f}")
     _, penalty, head, margins = best
     weight = head / scale
     features = torch.cat([chosen, rejected])
     with torch.no_grad():
-        scorer.score.weight.copy_(weight.unsqueeze(0))
-        scorer.score.bias.fill_(-(features.mean(0) @ weight).item())  # rewards centred on 0
-        rewards = scorer.score(features)[:, 0]
+        score.weight.copy_(weight.unsqueeze(0))
+        score.bias.fill_(-(features.mean(0) @ weight).item())  # rewards centred on 0
+        rewards = score(features)[:, 0]
     margins = margins[held] if len(held) else diffs @ head
     # The average of cross-fitted heads spreads its margins less than the heads did (train.py's temperature).
     spread = (rewards[:n] - rewards[n:])[held].std().item() / margins.std().item() \
@@ -286,7 +286,7 @@ def train_decoder(scorer: DecoderRewardModel, train, val, folds, config, progres
         splits = [(torch.arange(len(train)), torch.arange(len(train), n))]
     out["folds"] = len(folds) if folds else 1
     with _one_thread():  # small matrix products: thread hand-offs cost more than they save
-        return fit_head(scorer, features[:n], features[n:], pair_weights(pairs), splits, progress, out)
+        return fit_head(scorer.score, features[:n], features[n:], pair_weights(pairs), splits, progress, out)
 
 
 def open_feature_cache(base_model: str, max_length: int, prompt_tokens: int, folder: Path | None):

@@ -72,6 +72,13 @@ class FeatureCache:
     def key(prompt: str, answer: str) -> str:
         return hashlib.sha256(f"{len(prompt)}:{prompt}{answer}".encode()).hexdigest()
 
+    def cached(self, keys) -> tuple[list[str], object]:
+        """(the keys, once each, whose features are cached; their features stacked, or None if none is)."""
+        import torch
+
+        present = [k for k in dict.fromkeys(keys) if k in self.features]
+        return present, torch.stack([self.features[k] for k in present]) if present else None
+
     def compute(self, model, tokenizer, prompts, answers, max_length, batch_size, progress) -> object:
         """Features for every (prompt, answer) under a BERT-style encoder (`model`'s first-token state, the
         mean where it has the pooling layer); only the missing ones go through the encoder."""

@@ -124,7 +124,8 @@ def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: 
         return tokenizer(prompts, answers, truncation="longest_first", max_length=max_length, **padding)
 
 
-def _mean_pool(hidden, mask):
+def mean_pool(hidden, mask):
+    """The mean of each row's tokens where `mask` is 1."""
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
@@ -158,9 +159,9 @@ class RewardModel:
         path = str(path)
         config_file = Path(path) / REWARD_CONFIG
         saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        if saved.get("kind") == "decoder":  # a causal LM's lower half under a linear head
-            from model.reward.decoder import DecoderRewardModel
+        from model.reward.decoder import KIND, DecoderRewardModel  # here: decoder.py builds on this module
 
+        if saved.get("kind") == KIND:  # a causal LM's lower half under a linear head
             return DecoderRewardModel.load(path)
         return cls(load_classifier(path), load_tokenizer(path), int(saved.get("max_length", 256)),
                    prompt_tokens=int(saved.get("prompt_tokens") or 0))  # versions saved before it: 0
@@ -188,7 +189,7 @@ class RewardModel:
                                  return_tensors="pt")
         enc = enc.to(self.model.device)
         out = self.model(**enc).last_hidden_state
-        return _mean_pool(out, enc["attention_mask"])
+        return mean_pool(out, enc["attention_mask"])
 
     def rewards(self, prompts: list[str], answers: list[str]) -> list[float]:
         import torch
